@@ -1,0 +1,191 @@
+//! Finding the GPU and loading the kernels' module for its architecture, once per context.
+use std::ffi::{CString, c_void};
+use std::sync::Arc;
+
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream, sys};
+use cudarc::nvrtc::Ptx;
+
+use crate::error::{Error, Result};
+
+/// The embedded PTX modules (built by `build.rs` from the `kernels` crate).
+pub const PTX_SM80: &str = include_str!(concat!(env!("OUT_DIR"), "/kernels_sm_80.ptx"));
+pub const PTX_SM90A: &str = include_str!(concat!(env!("OUT_DIR"), "/kernels_sm_90a.ptx"));
+
+/// Which kernel path a device runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelPath {
+    /// mma.sync / cp.async / ldmatrix kernels (sm_80 and newer).
+    Portable,
+    /// The sm_90a module (Hopper).
+    Hopper,
+}
+
+/// Forward kernel configuration per head dim class: head dim, keys per tile, threads
+/// (must match the entries stamped out in `kernels/src/lib.rs`).
+pub(crate) const FWD_HEAD_DIMS: [(usize, i32, u32); 3] = [(32, 64, 128), (64, 64, 128), (128, 32, 128)];
+
+/// One loaded forward entry and its launch geometry.
+#[derive(Clone, Debug)]
+pub(crate) struct FwdKernel {
+    pub func: CudaFunction,
+    pub head_dim: usize,
+    pub key_tile: i32,
+    pub threads: u32,
+}
+
+impl FwdKernel {
+    pub fn smem_bytes(&self) -> usize {
+        fwd_smem_bytes(self.head_dim, self.key_tile)
+    }
+}
+
+/// A GPU with the attention kernels loaded.
+pub struct Device {
+    ctx: Arc<CudaContext>,
+    module: Arc<CudaModule>,
+    capability: (i32, i32),
+    path: KernelPath,
+    sm_count: u32,
+    /// `[dtype (bf16, f16)][head dim class]`.
+    pub(crate) fwd: [[FwdKernel; 3]; 2],
+    max_smem: i32,
+    pub(crate) compact: CudaFunction,
+}
+
+impl std::fmt::Debug for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Device").field("capability", &self.capability).field("path", &self.path).finish()
+    }
+}
+
+/// Whether a CUDA driver is present and sees at least one device. Never panics.
+pub fn gpu_available() -> bool {
+    // cudarc panics instead of returning an error when libcuda is missing: probe first.
+    if !unsafe { sys::is_culib_present() } {
+        return false;
+    }
+    CudaContext::device_count().map(|n| n > 0).unwrap_or(false)
+}
+
+impl Device {
+    /// Opens device `ordinal` and loads the module for its architecture (the sm_90a module on
+    /// Hopper, the sm_80 module on other sm_80+ devices).
+    pub fn new(ordinal: usize) -> Result<Self> {
+        Self::with_path(ordinal, None)
+    }
+
+    /// As [`Device::new`], forcing a kernel path (`Hopper` needs an sm_90 device).
+    pub fn with_path(ordinal: usize, force: Option<KernelPath>) -> Result<Self> {
+        if !unsafe { sys::is_culib_present() } {
+            return Err(Error::NoDriver);
+        }
+        let count = CudaContext::device_count()? as usize;
+        if ordinal >= count {
+            return Err(Error::NoDevice { ordinal, count });
+        }
+        let ctx = CudaContext::new(ordinal)?;
+        let (major, minor) = ctx.compute_capability()?;
+        if major < 8 {
+            return Err(Error::UnsupportedArch { major, minor });
+        }
+        let hopper_ok = major == 9;
+        let path = match force {
+            Some(KernelPath::Hopper) if !hopper_ok => return Err(Error::UnsupportedArch { major, minor }),
+            Some(p) => p,
+            None if hopper_ok => KernelPath::Hopper,
+            None => KernelPath::Portable,
+        };
+        let (arch, ptx) = match path {
+            KernelPath::Hopper => ("sm_90a", PTX_SM90A),
+            KernelPath::Portable => ("sm_80", PTX_SM80),
+        };
+        let module = match ctx.load_module(Ptx::from_src(ptx)) {
+            Ok(m) => m,
+            Err(_) => return Err(Error::PtxJit { arch, log: jit_log(ptx) }),
+        };
+        let max_smem = ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?;
+        let mut fwd = Vec::new();
+        for dtype in ["bf16", "f16"] {
+            let mut row = Vec::new();
+            for (d, bn, threads) in FWD_HEAD_DIMS {
+                row.push(load_fwd(&module, max_smem, &format!("attn_fwd_{dtype}_d{d}"), d, bn, threads)?);
+            }
+            fwd.push(<[FwdKernel; 3]>::try_from(row).unwrap());
+        }
+        let compact = module.load_function("compact_block_mask")?;
+        let sm_count = ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)? as u32;
+        Ok(Device {
+            ctx,
+            module,
+            capability: (major, minor),
+            path,
+            sm_count,
+            fwd: <[[FwdKernel; 3]; 2]>::try_from(fwd).unwrap(),
+            max_smem,
+            compact,
+        })
+    }
+
+    /// Replaces the forward kernel of one (dtype, head dim) with another entry of the module:
+    /// for benchmarking kernel variants (entries named `test_*`) against the default.
+    #[doc(hidden)]
+    pub fn use_fwd_variant(&mut self, f16: bool, head_dim: usize, entry: &str, key_tile: i32, threads: u32) -> Result<()> {
+        let class = FWD_HEAD_DIMS.iter().position(|&(d, _, _)| d == head_dim).ok_or(Error::HeadDim(head_dim))?;
+        self.fwd[f16 as usize][class] = load_fwd(&self.module, self.max_smem, entry, head_dim, key_tile, threads)?;
+        Ok(())
+    }
+
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+    /// The context's default stream.
+    pub fn default_stream(&self) -> Arc<CudaStream> {
+        self.ctx.default_stream()
+    }
+    pub fn capability(&self) -> (i32, i32) {
+        self.capability
+    }
+    pub fn path(&self) -> KernelPath {
+        self.path
+    }
+    pub fn sm_count(&self) -> u32 {
+        self.sm_count
+    }
+    /// e.g. "NVIDIA H100 80GB HBM3 (sm_90, Hopper path)".
+    pub fn describe(&self) -> String {
+        let name = self.ctx.name().unwrap_or_else(|_| "unknown GPU".into());
+        format!("{name} (sm_{}{}, {:?} path)", self.capability.0, self.capability.1, self.path)
+    }
+}
+
+fn load_fwd(module: &Arc<CudaModule>, max_smem: i32, name: &str, head_dim: usize, key_tile: i32, threads: u32) -> Result<FwdKernel> {
+    let func = module.load_function(name)?;
+    let k = FwdKernel { func, head_dim, key_tile, threads };
+    let smem = k.smem_bytes() as i32;
+    if smem > max_smem {
+        return Err(Error::Tensor { name: "kernel", why: format!("{name} needs {smem} bytes of shared memory; the device allows {max_smem}") });
+    }
+    k.func.set_attribute(sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem)?;
+    Ok(k)
+}
+
+/// Dynamic shared memory of a forward kernel.
+pub(crate) fn fwd_smem_bytes(d: usize, bn: i32) -> usize {
+    attn_common::fwd_smem_bytes(d, bn as usize)
+}
+
+/// The JIT's error log for a module that failed to load (`load_module` gives only the code).
+fn jit_log(ptx: &str) -> String {
+    let Ok(src) = CString::new(ptx) else { return "the PTX contains a NUL byte".into() };
+    let mut log = vec![0u8; 1 << 16];
+    let mut opts = [sys::CUjit_option::CU_JIT_ERROR_LOG_BUFFER, sys::CUjit_option::CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES];
+    let mut vals = [log.as_mut_ptr() as *mut c_void, log.len() as *mut c_void];
+    let mut module = std::ptr::null_mut();
+    let r = unsafe { sys::cuModuleLoadDataEx(&mut module, src.as_ptr() as *const c_void, 2, opts.as_mut_ptr(), vals.as_mut_ptr()) };
+    if r == sys::CUresult::CUDA_SUCCESS {
+        unsafe { sys::cuModuleUnload(module) };
+        return "the module loaded on a second try".into();
+    }
+    let text = String::from_utf8_lossy(&log);
+    format!("{r:?}: {}", text.trim_end_matches('\0').trim())
+}

@@ -1,0 +1,136 @@
+//! Planning on the host: the work items of a call, heaviest first, and the CPU mirror of the
+//! mask compaction. Costs come from the same rules the kernels walk, in O(1) per work item
+//! (O(1) per mask row for block-sparse heads), never from the score matrix.
+use attn_common::{RowSpan, TileWalk, WorkItem};
+
+use crate::error::{Error, Result};
+use crate::pattern::HeadPattern;
+use crate::spec::{AttentionSpec, BLOCK};
+
+/// Compacted block mask: per mask row `(mask batch, mask, q block)`, the set key blocks in
+/// ascending order (`lists[row * k_blocks ..][..counts[row]]`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CompactMask {
+    pub lists: Vec<i32>,
+    pub counts: Vec<i32>,
+    pub k_blocks: usize,
+}
+
+impl CompactMask {
+    pub fn row(&self, row: usize) -> &[i32] {
+        &self.lists[row * self.k_blocks..][..self.counts[row] as usize]
+    }
+}
+
+/// What the GPU kernel `compact_block_mask` computes, on the CPU.
+pub fn compact_mask(spec: &AttentionSpec, mask: &[u8]) -> Result<CompactMask> {
+    check_mask_len(spec, mask.len())?;
+    let nk = spec.mask_k_blocks();
+    let rows = spec.mask.map_or(0, |m| m.batch * m.n_masks * spec.mask_q_blocks()); // every row, even with 0 key blocks
+    let mut lists = vec![0; mask.len()];
+    let mut counts = vec![0; rows];
+    for r in 0..rows {
+        let mut c = 0;
+        for (kb, &v) in mask[r * nk..(r + 1) * nk].iter().enumerate() {
+            match v {
+                0 => {}
+                1 => {
+                    lists[r * nk + c] = kb as i32;
+                    c += 1;
+                }
+                _ => return Err(Error::MaskValue),
+            }
+        }
+        counts[r] = c as i32;
+    }
+    Ok(CompactMask { lists, counts, k_blocks: nk })
+}
+
+pub fn check_mask_len(spec: &AttentionSpec, got: usize) -> Result<()> {
+    let m = spec.mask.expect("check_mask_len needs a mask shape");
+    let expected = spec.mask_len();
+    if got != expected {
+        return Err(Error::MaskLen {
+            got,
+            expected,
+            batch: m.batch,
+            n_masks: m.n_masks,
+            q_blocks: spec.mask_q_blocks(),
+            k_blocks: spec.mask_k_blocks(),
+        });
+    }
+    Ok(())
+}
+
+/// Index of the mask row that work item `(b, head, q_block)` reads.
+pub fn mask_row(spec: &AttentionSpec, b: usize, mask: u32, q_block: usize) -> usize {
+    let shape = spec.mask.expect("block-sparse heads have a mask");
+    let mb = if shape.batch == 1 { 0 } else { b };
+    (mb * shape.n_masks + mask as usize) * spec.mask_q_blocks() + q_block
+}
+
+/// Rows `[i0, i1]` of query block `q_block` of a sequence of `sq` queries.
+pub fn block_rows(q_block: usize, sq: usize) -> (i32, i32) {
+    let i0 = q_block * BLOCK;
+    (i0 as i32, ((i0 + BLOCK).min(sq) - 1) as i32)
+}
+
+/// The row span of one work item.
+pub fn span(spec: &AttentionSpec, b: usize, h: usize, q_block: usize) -> RowSpan {
+    let s = spec.seq(b);
+    let (i0, i1) = block_rows(q_block, s.q_len as usize);
+    RowSpan::new(spec.patterns[h].rule(), spec.causal, s.q_len, s.k_len, i0, i1)
+}
+
+/// The key tiles of `bn` keys that the kernels visit for one work item (first key of each).
+pub fn visited_tiles(spec: &AttentionSpec, compact: Option<&CompactMask>, b: usize, h: usize, q_block: usize, bn: i32) -> Vec<i32> {
+    let sp = span(spec, b, h, q_block);
+    let mut walk = match spec.patterns[h] {
+        HeadPattern::BlockSparse { mask } => {
+            let c = compact.expect("block-sparse heads need the compacted mask");
+            let row = c.row(mask_row(spec, b, mask, q_block));
+            TileWalk::sparse(sp, bn, row.as_ptr(), row.len() as i32)
+        }
+        _ => TileWalk::formula(sp, bn),
+    };
+    let mut out = Vec::new();
+    loop {
+        // SAFETY: the list pointer and count come from a live slice.
+        let j0 = unsafe { walk.next() };
+        if j0 < 0 {
+            return out;
+        }
+        out.push(j0);
+    }
+}
+
+/// Estimated cost of a work item, in key blocks (a block-sparse row counts its set blocks up to
+/// the last one its rows may see).
+fn item_cost(spec: &AttentionSpec, counts: Option<&[i32]>, b: usize, h: usize, q_block: usize) -> u32 {
+    let sp = span(spec, b, h, q_block);
+    match spec.patterns[h] {
+        HeadPattern::BlockSparse { mask } => {
+            let c = counts.map_or(0, |c| c[mask_row(spec, b, mask, q_block)]);
+            let reachable = if sp.last.hi >= 0 { sp.last.hi / BLOCK as i32 + 1 } else { 0 };
+            c.min(reachable).max(0) as u32
+        }
+        _ => sp.block_ranges().len() as u32,
+    }
+}
+
+/// Every (batch, head, query block) of the call, heaviest first (ties in natural order), so the
+/// long rows start first and the short ones fill the tail of the launch.
+pub fn work_items(spec: &AttentionSpec, counts: Option<&[i32]>) -> Vec<WorkItem> {
+    let mut items = Vec::new();
+    for b in 0..spec.batch() {
+        let q_blocks = (spec.seq(b).q_len as usize).div_ceil(BLOCK);
+        for h in 0..spec.heads_q {
+            for qb in 0..q_blocks {
+                let cost = item_cost(spec, counts, b, h, qb);
+                items.push((cost, WorkItem { batch: b as u32, head: h as u32, q_block: qb as u32, _pad: 0 }));
+            }
+        }
+    }
+    items.sort_by_key(|&(cost, _)| std::cmp::Reverse(cost));
+    items.into_iter().map(|(_, it)| it).collect()
+}

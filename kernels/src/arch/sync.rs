@@ -1,0 +1,39 @@
+//! Barriers, warp shuffles and special registers.
+use core::arch::asm;
+
+/// `bar.sync 0`: all threads of the CTA.
+#[inline(always)]
+pub fn bar_sync() {
+    unsafe { asm!("bar.sync 0;", options(nostack)); }
+}
+
+/// `shfl.sync.bfly.b32` over the full warp: the value of lane `lane ^ mask`.
+#[inline(always)]
+pub fn shfl_xor(v: f32, mask: u32) -> f32 {
+    let r: f32;
+    unsafe {
+        asm!("shfl.sync.bfly.b32 {0}, {1}, {2}, 0x1f, 0xffffffff;",
+             out(reg32) r, in(reg32) v, in(reg32) mask, options(nomem, nostack));
+    }
+    r
+}
+
+#[inline(always)]
+pub fn thread_idx() -> u32 {
+    unsafe { core::arch::nvptx::_thread_idx_x() as u32 }
+}
+
+#[inline(always)]
+pub fn block_idx() -> u32 {
+    unsafe { core::arch::nvptx::_block_idx_x() as u32 }
+}
+
+/// `mov.u32` that the compiler cannot see through or move: values derived from it are
+/// recomputed where they are used instead of being hoisted out of the loop and held in
+/// registers for its whole length (cheap address arithmetic is not worth a register).
+#[inline(always)]
+pub fn opaque(x: u32) -> u32 {
+    let r: u32;
+    unsafe { asm!("mov.u32 {0}, {1};", out(reg32) r, in(reg32) x, options(nomem, nostack)); }
+    r
+}

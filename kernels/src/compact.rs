@@ -1,0 +1,33 @@
+//! Block-mask compaction: each mask row (mask batch, mask, query block) becomes an ascending list
+//! of its set key blocks plus a count. One thread per row, so the time and the memory are
+//! proportional to the mask, never to the sequence length squared.
+use attn_common::CompactParams;
+
+use crate::arch::sync::{block_idx, thread_idx};
+
+pub const THREADS: u32 = 128;
+
+#[inline(always)]
+pub unsafe fn compact_block_mask(p: &CompactParams) {
+    let row = block_idx() * THREADS + thread_idx();
+    if row >= p.rows {
+        return;
+    }
+    let nk = p.k_blocks as usize;
+    let mask = unsafe { (p.mask as *const u8).add(row as usize * nk) };
+    let list = unsafe { (p.lists as *mut i32).add(row as usize * nk) };
+    let mut count = 0usize;
+    let mut bad = false;
+    for kb in 0..nk {
+        let v = unsafe { *mask.add(kb) };
+        if v == 1 {
+            unsafe { *list.add(count) = kb as i32 };
+            count += 1;
+        }
+        bad |= v > 1;
+    }
+    unsafe { *(p.counts as *mut i32).add(row as usize) = count as i32 };
+    if bad {
+        unsafe { *(p.bad_value as *mut u32) = 1 };
+    }
+}

@@ -1,0 +1,48 @@
+//! Block-sparse attention kernels. Built twice by the host crate: for `sm_80` (the portable
+//! mma.sync path, A100 and newer) and for `sm_90a` (Hopper).
+#![no_std]
+#![feature(abi_gpu_kernel, stdarch_nvptx, asm_experimental_arch, gpu_intrinsics, core_intrinsics, core_float_math, gpu_launch_sized_workgroup_mem)]
+#![allow(internal_features, improper_gpu_kernel_arg)]
+
+pub mod arch;
+pub mod compact;
+pub mod fwd;
+pub mod tiles;
+
+use arch::mma::{Bf16, F16};
+use attn_common::{CompactParams, FwdParams};
+use core::arch::global_asm;
+
+/// Launch bounds that Rust cannot express: a marker that `tools/ptx-post` turns into directives.
+macro_rules! ptx_attrs {
+    ($k:ident: $($d:expr),+) => { global_asm!($(concat!("// @ptx-attr {k} ", $d)),+, k = sym $k); };
+}
+
+/// Stamps out one named entry per (dtype, head dim); generic `gpu-kernel` fns are never exported.
+macro_rules! fwd_entries {
+    ($($name:ident = ($elem:ty, d $d:literal, threads $t:literal, mtiles $mt:literal, keys $bn:literal, ctas $c:literal)),* $(,)?) => {$(
+        #[unsafe(no_mangle)]
+        pub unsafe extern "gpu-kernel" fn $name(p: FwdParams) {
+            unsafe { fwd::attn_fwd::<$elem, $d, { $d / 8 }, { $d / 16 }, { $t / 32 }, $mt, { $bn / 8 }>(&p) }
+        }
+        ptx_attrs!($name: concat!(".maxntid ", $t, ", 1, 1"), concat!(".minnctapersm ", $c));
+    )*};
+}
+
+fwd_entries!(
+    attn_fwd_bf16_d32 = (Bf16, d 32, threads 128, mtiles 2, keys 64, ctas 1),
+    attn_fwd_bf16_d64 = (Bf16, d 64, threads 128, mtiles 2, keys 64, ctas 1),
+    attn_fwd_bf16_d128 = (Bf16, d 128, threads 128, mtiles 2, keys 32, ctas 1),
+    attn_fwd_f16_d32 = (F16, d 32, threads 128, mtiles 2, keys 64, ctas 1),
+    attn_fwd_f16_d64 = (F16, d 64, threads 128, mtiles 2, keys 64, ctas 1),
+    attn_fwd_f16_d128 = (F16, d 128, threads 128, mtiles 2, keys 32, ctas 1),
+    test_fwd_bf16_d128_w8 = (Bf16, d 128, threads 256, mtiles 1, keys 64, ctas 1),
+    test_fwd_bf16_d128_k64 = (Bf16, d 128, threads 128, mtiles 2, keys 64, ctas 1),
+    test_fwd_bf16_d64_w8 = (Bf16, d 64, threads 256, mtiles 1, keys 64, ctas 1),
+);
+
+#[unsafe(no_mangle)]
+pub unsafe extern "gpu-kernel" fn compact_block_mask(p: CompactParams) {
+    unsafe { compact::compact_block_mask(&p) }
+}
+ptx_attrs!(compact_block_mask: ".maxntid 128, 1, 1");
