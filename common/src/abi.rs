@@ -105,9 +105,9 @@ pub const FWD_WINDOW_BYTES: usize = 12;
 pub const FWD_ROWS: usize = 128;
 
 /// Dynamic shared memory of a forward kernel with head dim `d` and `key_tile` keys per tile:
-/// Q, one K and one V tile, the context and the row windows.
+/// Q, two K and two V tiles (double buffered), the context and the row windows.
 pub const fn fwd_smem_bytes(d: usize, key_tile: usize) -> usize {
-    (FWD_ROWS + 2 * key_tile) * d * 2 + FWD_CTX_BYTES + FWD_ROWS * FWD_WINDOW_BYTES
+    (FWD_ROWS + 4 * key_tile) * d * 2 + FWD_CTX_BYTES + FWD_ROWS * FWD_WINDOW_BYTES
 }
 
 /// Parameters of the block-mask compaction kernel.

@@ -22,7 +22,7 @@ pub enum KernelPath {
 
 /// Forward kernel configuration per head dim class: head dim, keys per tile, threads
 /// (must match the entries stamped out in `kernels/src/lib.rs`).
-pub(crate) const FWD_HEAD_DIMS: [(usize, i32, u32); 3] = [(32, 64, 128), (64, 64, 128), (128, 32, 128)];
+pub(crate) const FWD_HEAD_DIMS: [(usize, i32, u32); 3] = [(32, 64, 128), (64, 64, 128), (128, 64, 128)];
 
 /// One loaded forward entry and its launch geometry.
 #[derive(Clone, Debug)]

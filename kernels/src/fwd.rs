@@ -6,8 +6,9 @@
 //! skipping tiles no row sees; only tiles that some row sees in part apply a token mask.
 //!
 //! Per tile: S = Q Kᵀ (Q and K from shared memory), mask, online softmax in the exp2 domain with
-//! the scale folded in, O += P V with P straight from the S registers. K of the next tile loads
-//! during the softmax and P V of this one; V of this tile loads during Q Kᵀ.
+//! the scale folded in, O += P V with P straight from the S registers. K and V are double
+//! buffered: the next tile's copies are issued right after the one barrier of each iteration and
+//! land while this tile computes.
 //!
 //! Registers are the budget that decides speed here (O and S alone take 192 of 255 at D = 128),
 //! so everything uniform that the loop needs only now and then (the tile walk, the K/V
@@ -25,13 +26,16 @@ use crate::arch::math::{exp2, fma, log2};
 use crate::arch::mma::Element;
 use crate::arch::smem::{dynamic_smem, ld_shared_u32, ld_shared_u64, smem_u32};
 use core::mem::offset_of;
-use crate::arch::sync::{bar_sync, block_idx, opaque, shfl_xor, thread_idx};
+use crate::arch::sync::{bar_sync, block_idx, opaque, shfl_xor, thread_idx, vote_any};
 use crate::tiles::load_tile;
 
 /// Query rows per CTA: one mask/streaming block.
 pub const BM: i32 = BLK;
 
 const LN2: f32 = core::f32::consts::LN_2;
+/// How far (log2 units) a row's max may outgrow the max its sums are kept against before O and
+/// l are rescaled: probabilities stay below 2^8, far from any f32 or bf16 limit.
+const RESCALE_SLACK: f32 = 8.0;
 
 /// Per-item state shared by the CTA.
 #[repr(C)]
@@ -43,8 +47,9 @@ struct ItemCtx {
     k_stride: i64,
     v_stride: i64,
     sk: i32,
-    /// The tile after the current one (written by thread 0, read by all after a barrier).
-    next: i32,
+    /// Upcoming tiles: in iteration n, all threads read slot (n + 1) % 2 (the tile to prefetch)
+    /// while thread 0 writes tile n + 2 into slot n % 2, whose last reader passed the barrier.
+    slots: [i32; 2],
 }
 
 /// Reads of the context through 32-bit shared addresses (`ctx` is its address).
@@ -101,9 +106,9 @@ pub unsafe fn attn_fwd<
 
     let smem = dynamic_smem();
     let s_q = smem_u32(smem);
-    let s_k = s_q + (BM as u32) * rb;
-    let s_v = s_k + (bn as u32) * rb;
-    let tiles_bytes = (BM as usize + 2 * bn as usize) * D * 2;
+    let tile_bytes = (bn as u32) * rb;
+    let s_k = s_q + (BM as u32) * rb; // K buffers 0, 1, then V buffers 0, 1
+    let tiles_bytes = (BM as usize + 4 * bn as usize) * D * 2;
     let ctx = unsafe { smem.add(tiles_bytes) } as *mut ItemCtx;
     let windows = unsafe { smem.add(tiles_bytes + FWD_CTX_BYTES) } as *mut RowWindow;
 
@@ -139,56 +144,65 @@ pub unsafe fn attn_fwd<
                     k_stride: 2 * p.k_strides.token,
                     v_stride: 2 * p.v_strides.token,
                     sk,
-                    next: -1,
+                    slots: [-1, -1],
                 });
-                (*ctx).next = (*ctx).walk.next();
+                (*ctx).slots[0] = (*ctx).walk.next();
+                (*ctx).slots[1] = (*ctx).walk.next();
             }
         }
         let q_tile = p.q + 2 * elem_offset(&p.q_strides, item.batch, seq.q_start + i0, item.head) as u64;
         bar_sync();
-        (unsafe { (*ctx).next }, q_tile, i1 - i0 + 1)
+        (unsafe { (*ctx).slots[0] }, q_tile, i1 - i0 + 1)
     };
 
     let mut o: [[[f32; 4]; DN]; MT] = unsafe { core::mem::zeroed() };
     let mut m = [[f32::NEG_INFINITY; 2]; MT];
     let mut l = [[0.0f32; 2]; MT];
 
-    let tiles_end = s_q + tiles_bytes as u32;
+    let ctx_end = s_q + tiles_bytes as u32;
     let (k_head, k_stride) = (offset_of!(ItemCtx, k_head), offset_of!(ItemCtx, k_stride));
     let (v_head, v_stride) = (offset_of!(ItemCtx, v_head), offset_of!(ItemCtx, v_stride));
     let mut cur = cur;
     if cur >= 0 {
         unsafe {
             load_tile::<D>(BM, threads, s_q, q_tile, 2 * p.q_strides.token, q_rows, valid_chunks, tid);
-            load_kv::<D>(tiles_end, k_head, k_stride, s_k, bn, threads, cur, valid_chunks, tid);
+            load_kv::<D>(ctx_end, k_head, k_stride, s_k, bn, threads, cur, valid_chunks, tid);
+            load_kv::<D>(ctx_end, v_head, v_stride, s_k + 2 * tile_bytes, bn, threads, cur, valid_chunks, tid);
             commit();
         }
     }
+    let mut n = 0u32;
     while cur >= 0 {
         // Re-derived each iteration so that the compiler recomputes the cheap per-fragment
         // addresses (one LOP3 each) instead of hoisting dozens of them into registers.
         let tid = opaque(tid);
         let s_q = opaque(s_q);
-        let (s_k, s_v) = (s_q + (BM as u32) * rb, s_q + (BM as u32 + bn as u32) * rb);
         let ctx_a = s_q + tiles_bytes as u32;
         let windows_a = ctx_a + FWD_CTX_BYTES as u32;
         let valid_chunks = opaque(valid_chunks);
         let (lane, warp) = (tid % 32, tid / 32);
+        let buf = n % 2;
+        let s_kb = s_q + (BM as u32) * rb + buf * tile_bytes;
+        let s_vb = s_kb + 2 * tile_bytes;
         let q_lane = lane_offset(rb, warp * (MT as u32 * 16) + lane % 16, lane / 16);
         let k_lane = lane_offset(rb, lane % 8 + (lane / 16) * 8, (lane / 8) % 2);
         let v_lane = lane_offset(rb, lane % 8 + ((lane / 8) % 2) * 8, lane / 16);
 
-        bar_sync(); // every warp is done with the V tile (and `next`) of the previous iteration
+        unsafe { wait_group::<0>() }; // this tile's K and V (and Q) have landed, for this thread
+        bar_sync(); // ... for all threads, and all are done with the other buffers
+        let next = unsafe { ctx_i32(ctx_a, offset_of!(ItemCtx, slots) + 4 * (1 - buf as usize)) };
         unsafe {
             if tid == 0 {
                 let ctx = dynamic_smem().add(tiles_bytes) as *mut ItemCtx;
-                (*ctx).next = (*ctx).walk.next();
+                (*ctx).slots[buf as usize] = (*ctx).walk.next();
             }
-            load_kv::<D>(ctx_a, v_head, v_stride, s_v, bn, threads, cur, valid_chunks, tid);
-            commit();
-            wait_group::<1>(); // Q and this K have landed (for this thread)
+            if next >= 0 {
+                let (kb, vb) = (s_q + (BM as u32) * rb + (1 - buf) * tile_bytes, s_q + (BM as u32) * rb + (3 - buf) * tile_bytes);
+                load_kv::<D>(ctx_a, k_head, k_stride, kb, bn, threads, next, valid_chunks, tid);
+                load_kv::<D>(ctx_a, v_head, v_stride, vb, bn, threads, next, valid_chunks, tid);
+            }
+            commit(); // possibly empty: keeps the group count uniform
         }
-        bar_sync();
 
         // S = Q Kᵀ
         let mut s: [[[f32; 4]; NT]; MT] = unsafe { core::mem::zeroed() };
@@ -198,22 +212,13 @@ pub unsafe fn attn_fwd<
                 *a = unsafe { ldmatrix_x4(frag_addr(s_q, q_lane, rb, mt as u32 * 16, ks * 2)) };
             }
             for np in 0..NT / 2 {
-                let b = unsafe { ldmatrix_x4(frag_addr(s_k, k_lane, rb, np as u32 * 16, ks * 2)) };
+                let b = unsafe { ldmatrix_x4(frag_addr(s_kb, k_lane, rb, np as u32 * 16, ks * 2)) };
                 for mt in 0..MT {
                     E::mma(&mut s[mt][2 * np], a[mt], [b[0], b[1]]);
                     E::mma(&mut s[mt][2 * np + 1], a[mt], [b[2], b[3]]);
                 }
             }
         }
-        bar_sync(); // every warp is done with this K tile
-        let next = unsafe { ctx_i32(ctx_a, offset_of!(ItemCtx, next)) };
-        unsafe {
-            if next >= 0 {
-                load_kv::<D>(ctx_a, k_head, k_stride, s_k, bn, threads, next, valid_chunks, tid);
-            }
-            commit(); // possibly empty: keeps the group count uniform
-        }
-
         // Token mask, only on tiles that some row sees in part.
         let full = unsafe {
             let span = ctx_a + (offset_of!(ItemCtx, walk) + offset_of!(TileWalk, span)) as u32;
@@ -247,8 +252,13 @@ pub unsafe fn attn_fwd<
             }
         }
 
-        // Online softmax; P overwrites S.
+        // Online softmax; P overwrites S. The running max is lazy: while no row of the warp
+        // grows by more than RESCALE_SLACK (log2 units), every row keeps its old max, so O and
+        // l need no rescaling (128 multiplies per thread at D = 128). The result is exact: O,
+        // l and lse all use the same max, and probabilities stay below 2^RESCALE_SLACK.
         let scale = p.scale_log2;
+        let mut rowmax = [[f32::NEG_INFINITY; 2]; MT];
+        let mut grow = false;
         for mt in 0..MT {
             for h in 0..2 {
                 let mut mx = f32::NEG_INFINITY;
@@ -257,12 +267,30 @@ pub unsafe fn attn_fwd<
                 }
                 mx = mx.max(shfl_xor(mx, 1));
                 mx = mx.max(shfl_xor(mx, 2));
-                let m_new = m[mt][h].max(mx * scale);
-                // A row that has seen nothing yet keeps m = -inf; exponents then use 0 so that
-                // exp2(-inf - m) is 0, never NaN.
-                let m_use = if m_new == f32::NEG_INFINITY { 0.0 } else { m_new };
-                let alpha = exp2(m[mt][h] - m_use);
-                m[mt][h] = m_new;
+                rowmax[mt][h] = mx * scale;
+                grow |= rowmax[mt][h] > m[mt][h] + RESCALE_SLACK;
+            }
+        }
+        if vote_any(grow) {
+            for mt in 0..MT {
+                for h in 0..2 {
+                    let m_new = m[mt][h].max(rowmax[mt][h]);
+                    // A row that has seen nothing yet keeps m = -inf; exponents then use 0 so
+                    // that exp2(-inf - m) is 0, never NaN.
+                    let m_use = if m_new == f32::NEG_INFINITY { 0.0 } else { m_new };
+                    let alpha = exp2(m[mt][h] - m_use);
+                    m[mt][h] = m_new;
+                    l[mt][h] *= alpha;
+                    for dn in 0..DN {
+                        o[mt][dn][2 * h] *= alpha;
+                        o[mt][dn][2 * h + 1] *= alpha;
+                    }
+                }
+            }
+        }
+        for mt in 0..MT {
+            for h in 0..2 {
+                let m_use = if m[mt][h] == f32::NEG_INFINITY { 0.0 } else { m[mt][h] };
                 let mut sum = 0.0f32;
                 for nt in 0..NT {
                     for e in 0..2 {
@@ -271,16 +299,10 @@ pub unsafe fn attn_fwd<
                         sum += pv;
                     }
                 }
-                l[mt][h] = fma(l[mt][h], alpha, sum);
-                for dn in 0..DN {
-                    o[mt][dn][2 * h] *= alpha;
-                    o[mt][dn][2 * h + 1] *= alpha;
-                }
+                l[mt][h] += sum;
             }
         }
 
-        unsafe { wait_group::<1>() }; // this V has landed (for this thread)
-        bar_sync();
         // O += P V
         for kk in 0..NT / 2 {
             let mut pa = [[0u32; 4]; MT];
@@ -289,7 +311,7 @@ pub unsafe fn attn_fwd<
                 pa[mt] = [E::pack2(x[0], x[1]), E::pack2(x[2], x[3]), E::pack2(y[0], y[1]), E::pack2(y[2], y[3])];
             }
             for dp in 0..DN / 2 {
-                let b = unsafe { ldmatrix_x4_trans(frag_addr(s_v, v_lane, rb, kk as u32 * 16, dp as u32 * 2)) };
+                let b = unsafe { ldmatrix_x4_trans(frag_addr(s_vb, v_lane, rb, kk as u32 * 16, dp as u32 * 2)) };
                 for mt in 0..MT {
                     E::mma(&mut o[mt][2 * dp], pa[mt], [b[0], b[1]]);
                     E::mma(&mut o[mt][2 * dp + 1], pa[mt], [b[2], b[3]]);
@@ -297,6 +319,7 @@ pub unsafe fn attn_fwd<
             }
         }
         cur = next;
+        n += 1;
     }
 
     // Epilogue: normalise, write o and lse. Rows that saw no key get o = 0, lse = -inf.

@@ -37,3 +37,14 @@ pub fn opaque(x: u32) -> u32 {
     unsafe { asm!("mov.u32 {0}, {1};", out(reg32) r, in(reg32) x, options(nomem, nostack)); }
     r
 }
+
+/// `vote.sync.any.pred` over the full warp: whether `pred` holds in any lane.
+#[inline(always)]
+pub fn vote_any(pred: bool) -> bool {
+    let r: u32;
+    unsafe {
+        asm!("{{ .reg .pred p, q; setp.ne.u32 p, {1}, 0; vote.sync.any.pred q, p, 0xffffffff; selp.u32 {0}, 1, 0, q; }}",
+             out(reg32) r, in(reg32) pred as u32, options(nomem, nostack));
+    }
+    r != 0
+}
