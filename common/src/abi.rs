@@ -110,18 +110,69 @@ pub const fn fwd_smem_bytes(d: usize, key_tile: usize) -> usize {
     (FWD_ROWS + 4 * key_tile) * d * 2 + FWD_CTX_BYTES + FWD_ROWS * FWD_WINDOW_BYTES
 }
 
-/// Parameters of the block-mask compaction kernel.
+/// Parameters of the backward kernels, passed by value. `f` holds the forward's inputs and
+/// outputs (`o`, `lse`) and its tables; for `bwd_dq` and `bwd_dsum`, `f.items` are the forward's
+/// query-block work items, for `bwd_dkdv` the items are `kv_items`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Default)]
+pub struct BwdParams {
+    pub f: FwdParams,
+    /// Gradient of the output, laid out like `o`.
+    pub d_o: u64,
+    pub do_strides: Strides,
+    pub dq: u64,
+    pub dq_strides: Strides,
+    pub dk: u64,
+    pub dk_strides: Strides,
+    pub dv: u64,
+    pub dv_strides: Strides,
+    /// `f32`, laid out like `lse`: rowsum(dO ∘ O), written by `bwd_dsum`.
+    pub dsum: u64,
+    /// The raw `u8` block mask `[mask_batch, n_masks, q_blocks, k_blocks]` (0 when unused).
+    pub mask: u64,
+    /// `*const WorkItem`: `(batch, kv head, key tile of BWD_KEYS keys)`, heaviest first.
+    pub kv_items: u64,
+    pub n_kv_items: u32,
+    /// `softmax_scale` itself (dQ and dK are scaled by it).
+    pub scale: f32,
+}
+
+/// Keys per `bwd_dkdv` CTA (and query rows per query tile it walks).
+pub const BWD_KEYS: usize = 64;
+/// Query rows per `bwd_dq` CTA.
+pub const BWD_DQ_ROWS: usize = 128;
+
+/// Dynamic shared memory of `bwd_dkdv` at head dim `d`: K and V, two Q and two dO tiles, and
+/// per query tile (double buffered) lse, dsum and the row windows.
+pub const fn bwd_dkdv_smem_bytes(d: usize) -> usize {
+    6 * BWD_KEYS * d * 2 + FWD_CTX_BYTES + 2 * BWD_KEYS * (8 + FWD_WINDOW_BYTES)
+}
+
+/// Dynamic shared memory of `bwd_dq` at head dim `d`: Q and dO (128 rows), two K and two V
+/// tiles of 64 keys, the context and the row windows.
+pub const fn bwd_dq_smem_bytes(d: usize) -> usize {
+    (2 * BWD_DQ_ROWS + 4 * BWD_KEYS) * d * 2 + FWD_CTX_BYTES + BWD_DQ_ROWS * FWD_WINDOW_BYTES
+}
+
+/// Parameters of the block-mask compaction kernel. Row `r` of the compaction reads the mask
+/// elements `base(r) + e * elem_step` for `e < n_elems`, where `base(r) = (r / rows_per_slice) *
+/// slice_len + (r % rows_per_slice) * row_step`: rows of the mask (`rows_per_slice = q_blocks`,
+/// `row_step = k_blocks`, `elem_step = 1`) or, transposed for the backward, its columns.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct CompactParams {
-    /// `*const u8`, contiguous `[rows, k_blocks]`.
+    /// `*const u8`, `[slices, q_blocks, k_blocks]`.
     pub mask: u64,
-    /// `*mut i32`, `[rows, k_blocks]`.
+    /// `*mut i32`, `[rows, n_elems]`.
     pub lists: u64,
     /// `*mut i32`, `[rows]`.
     pub counts: u64,
     /// `*mut u32`: set to 1 when a mask value is neither 0 nor 1.
     pub bad_value: u64,
     pub rows: u32,
-    pub k_blocks: u32,
+    pub n_elems: u32,
+    pub rows_per_slice: u32,
+    pub slice_len: u32,
+    pub row_step: u32,
+    pub elem_step: u32,
 }

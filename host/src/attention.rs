@@ -1,8 +1,8 @@
 //! The GPU forward pass: a reusable plan per call shape, then launches on the caller's stream.
 use std::sync::Arc;
 
-use attn_common::{CompactParams, FwdParams, Strides};
-use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits};
+use attn_common::{BwdParams, CompactParams, FwdParams, Strides};
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg, SyncOnDrop, ValidAsZeroBits};
 
 use crate::device::{Device, FWD_HEAD_DIMS};
 use crate::error::{Error, Result};
@@ -81,6 +81,12 @@ pub struct Attention {
     /// Compacted mask lists and counts (1-element placeholders when no head is block-sparse).
     lists: CudaSlice<i32>,
     counts: CudaSlice<i32>,
+    /// The same for the mask's columns (per key block, its query blocks), for the backward.
+    lists_t: CudaSlice<i32>,
+    counts_t: CudaSlice<i32>,
+    /// Backward work: (batch, kv head, 64-key tile), heaviest first.
+    kv_items: CudaSlice<u32>,
+    n_kv_items: u32,
 }
 
 impl Attention {
@@ -90,10 +96,12 @@ impl Attention {
     pub fn new(device: &Device, stream: &Arc<CudaStream>, spec: AttentionSpec, block_mask: Option<&CudaSlice<u8>>) -> Result<Self> {
         spec.validate()?;
         let mut counts_host = None;
+        let mut transposed = None;
         let (lists, counts) = match (spec.mask, block_mask) {
             (Some(_), Some(mask)) => {
                 check_mask_len(&spec, mask.len())?;
-                let (lists, counts) = compact_on_gpu(device, stream, &spec, mask)?;
+                let (lists, counts) = compact_on_gpu(device, stream, &spec, mask, false)?;
+                transposed = Some(compact_on_gpu(device, stream, &spec, mask, true)?);
                 counts_host = Some(stream.clone_dtoh(&counts)?);
                 (lists, counts)
             }
@@ -109,8 +117,13 @@ impl Attention {
         let seqs: Vec<_> = (0..spec.batch()).map(|b| spec.seq(b)).collect();
         let heads: Vec<_> = spec.patterns.iter().map(|p| p.rule()).collect();
         let items = work_items(&spec, counts_host.as_deref());
+        let kv_items = kv_work_items(&spec);
         let upload = |w: Vec<u32>| -> Result<CudaSlice<u32>> {
             Ok(if w.is_empty() { stream.alloc_zeros::<u32>(4)? } else { stream.clone_htod(&w)? })
+        };
+        let (lists_t, counts_t) = match transposed {
+            Some(t) => t,
+            None => (stream.alloc_zeros::<i32>(1)?, stream.alloc_zeros::<i32>(1)?),
         };
         Ok(Attention {
             n_items: items.len() as u32,
@@ -119,6 +132,10 @@ impl Attention {
             items: upload(words(&items))?,
             lists,
             counts,
+            lists_t,
+            counts_t,
+            n_kv_items: kv_items.len() as u32,
+            kv_items: upload(words(&kv_items))?,
             spec,
         })
     }
@@ -179,37 +196,70 @@ impl Attention {
         if self.n_items == 0 {
             return Ok(());
         }
-        let class = FWD_HEAD_DIMS.iter().position(|&(d, _, _)| spec.head_dim <= d).ok_or(Error::HeadDim(spec.head_dim))?;
-        let kernel = &device.fwd[T::KERNEL][class];
-        let (lse_batch, lse_head) = spec.lse_strides();
-        let mask = spec.mask.filter(|_| spec.uses_mask());
+        let kernel = &device.fwd[T::KERNEL][head_dim_class(spec)?];
         let (qp, _g1) = q.data.device_ptr(stream);
         let (kp, _g2) = k.data.device_ptr(stream);
         let (vp, _g3) = v.data.device_ptr(stream);
-        let (sp, _g4) = self.seqs.device_ptr(stream);
-        let (hp, _g5) = self.heads.device_ptr(stream);
-        let (ip, _g6) = self.items.device_ptr(stream);
-        let (lp, _g7) = self.lists.device_ptr(stream);
-        let (cp, _g8) = self.counts.device_ptr(stream);
-        let (op, _g9) = o.data.device_ptr_mut(stream);
-        let (lsep, _g10) = lse.device_ptr_mut(stream);
-        let params = FwdParams {
-            q: qp,
-            k: kp,
-            v: vp,
-            o: op,
-            lse: lsep,
-            q_strides: q.strides,
-            k_strides: k.strides,
-            v_strides: v.strides,
-            o_strides: o.strides,
+        let (op, _g4) = o.data.device_ptr_mut(stream);
+        let (lsep, _g5) = lse.device_ptr_mut(stream);
+        let (lp, _g6) = self.lists.device_ptr(stream);
+        let (cp, _g7) = self.counts.device_ptr(stream);
+        let tables = self.tables(stream);
+        let io = [(qp, q.strides), (kp, k.strides), (vp, v.strides), (op, o.strides)];
+        let params = self.fwd_params(&tables.ptrs(), io, lsep, (lp, cp));
+        let cfg = LaunchConfig { grid_dim: (self.n_items, 1, 1), block_dim: (kernel.threads, 1, 1), shared_mem_bytes: kernel.smem_bytes() as u32 };
+        let arg = ByValue(params);
+        unsafe { stream.launch_builder(&kernel.func).arg(&arg).launch(cfg)? };
+        Ok(())
+    }
+}
+
+/// Index of the kernel class serving the spec's head dim.
+fn head_dim_class(spec: &AttentionSpec) -> Result<usize> {
+    FWD_HEAD_DIMS.iter().position(|&(d, _, _)| spec.head_dim <= d).ok_or(Error::HeadDim(spec.head_dim))
+}
+
+/// Device pointers of a plan's tables, with the guards that order them on the stream.
+struct Tables<'a> {
+    seqs: (u64, SyncOnDrop<'a>),
+    heads: (u64, SyncOnDrop<'a>),
+    items: (u64, SyncOnDrop<'a>),
+}
+
+impl Tables<'_> {
+    fn ptrs(&self) -> [u64; 3] {
+        [self.seqs.0, self.heads.0, self.items.0]
+    }
+}
+
+impl Attention {
+    fn tables<'a>(&'a self, stream: &'a Arc<CudaStream>) -> Tables<'a> {
+        Tables { seqs: self.seqs.device_ptr(stream), heads: self.heads.device_ptr(stream), items: self.items.device_ptr(stream) }
+    }
+
+    /// The forward kernels' parameters: `io` are q, k, v, o (pointer, strides); `lists` the
+    /// compacted mask (pointer, counts pointer).
+    fn fwd_params(&self, tables: &[u64; 3], io: [(u64, Strides); 4], lse: u64, lists: (u64, u64)) -> FwdParams {
+        let spec = &self.spec;
+        let (lse_batch, lse_head) = spec.lse_strides();
+        let mask = spec.mask.filter(|_| spec.uses_mask());
+        FwdParams {
+            q: io[0].0,
+            k: io[1].0,
+            v: io[2].0,
+            o: io[3].0,
+            lse,
+            q_strides: io[0].1,
+            k_strides: io[1].1,
+            v_strides: io[2].1,
+            o_strides: io[3].1,
             lse_batch,
             lse_head,
-            seqs: sp,
-            heads: hp,
-            items: ip,
-            block_lists: lp,
-            block_counts: cp,
+            seqs: tables[0],
+            heads: tables[1],
+            items: tables[2],
+            block_lists: lists.0,
+            block_counts: lists.1,
             n_items: self.n_items,
             group: spec.group() as u32,
             head_dim: spec.head_dim as u32,
@@ -220,28 +270,154 @@ impl Attention {
             mask_k_blocks: spec.mask_k_blocks() as u32,
             scale_log2: spec.scale() * std::f32::consts::LOG2_E,
             _pad: 0,
+        }
+    }
+
+    /// Backward pass (deterministic) on contiguous tensors laid out as for
+    /// [`Attention::forward`]: from `d_o` (like `o`) and the forward's `o` and `lse`, writes `dq`
+    /// (like `q`), `dk` and `dv` (like `k`, `v`). GQA gradients are summed over each group in a
+    /// fixed order, so results are bitwise reproducible.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward<T: Element>(
+        &self,
+        device: &Device,
+        stream: &Arc<CudaStream>,
+        q: &CudaSlice<T>,
+        k: &CudaSlice<T>,
+        v: &CudaSlice<T>,
+        o: &CudaSlice<T>,
+        lse: &CudaSlice<f32>,
+        d_o: &CudaSlice<T>,
+        dq: &mut CudaSlice<T>,
+        dk: &mut CudaSlice<T>,
+        dv: &mut CudaSlice<T>,
+    ) -> Result<()> {
+        let spec = &self.spec;
+        let (qs, ks) = (spec.q_strides(), spec.kv_strides());
+        for (name, len, strides, heads, is_q) in [
+            ("q", q.len(), qs, spec.heads_q, true),
+            ("k", k.len(), ks, spec.heads_kv, false),
+            ("v", v.len(), ks, spec.heads_kv, false),
+            ("o", o.len(), qs, spec.heads_q, true),
+            ("d_o", d_o.len(), qs, spec.heads_q, true),
+            ("dq", dq.len(), qs, spec.heads_q, true),
+            ("dk", dk.len(), ks, spec.heads_kv, false),
+            ("dv", dv.len(), ks, spec.heads_kv, false),
+        ] {
+            spec.check_tensor(name, &strides, len, heads, is_q)?;
+        }
+        if lse.len() < spec.lse_len() {
+            return Err(Error::Tensor { name: "lse", why: format!("holds {} elements, needs {}", lse.len(), spec.lse_len()) });
+        }
+        let kernels = &device.bwd[T::KERNEL][head_dim_class(spec)?];
+        let mut dsum = stream.alloc_zeros::<f32>(spec.lse_len().max(1))?;
+        let (qp, _g1) = q.device_ptr(stream);
+        let (kp, _g2) = k.device_ptr(stream);
+        let (vp, _g3) = v.device_ptr(stream);
+        let (op, _g4) = o.device_ptr(stream);
+        let (lsep, _g5) = lse.device_ptr(stream);
+        let (dop, _g6) = d_o.device_ptr(stream);
+        let (dqp, _g7) = dq.device_ptr_mut(stream);
+        let (dkp, _g8) = dk.device_ptr_mut(stream);
+        let (dvp, _g9) = dv.device_ptr_mut(stream);
+        let (dsp, _g10) = dsum.device_ptr_mut(stream);
+        let (lp, _g11) = self.lists.device_ptr(stream);
+        let (cp, _g12) = self.counts.device_ptr(stream);
+        let (ltp, _g13) = self.lists_t.device_ptr(stream);
+        let (ctp, _g14) = self.counts_t.device_ptr(stream);
+        let (kvp, _g15) = self.kv_items.device_ptr(stream);
+        let tables = self.tables(stream);
+        let io = [(qp, qs), (kp, ks), (vp, ks), (op, qs)];
+        let f = self.fwd_params(&tables.ptrs(), io, lsep, (lp, cp));
+        let mut bp = BwdParams {
+            f,
+            d_o: dop,
+            do_strides: qs,
+            dq: dqp,
+            dq_strides: qs,
+            dk: dkp,
+            dk_strides: ks,
+            dv: dvp,
+            dv_strides: ks,
+            dsum: dsp,
+            mask: 0,
+            kv_items: kvp,
+            n_kv_items: self.n_kv_items,
+            scale: spec.scale(),
         };
-        let cfg = LaunchConfig { grid_dim: (self.n_items, 1, 1), block_dim: (kernel.threads, 1, 1), shared_mem_bytes: kernel.smem_bytes() as u32 };
-        let arg = ByValue(params);
-        unsafe { stream.launch_builder(&kernel.func).arg(&arg).launch(cfg)? };
+        let d = kernels.head_dim;
+        if self.n_items > 0 {
+            let cfg = LaunchConfig { grid_dim: (self.n_items, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
+            let arg = ByValue(bp);
+            unsafe { stream.launch_builder(&kernels.dsum).arg(&arg).launch(cfg)? };
+            let cfg = LaunchConfig { grid_dim: (self.n_items, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: attn_common::bwd_dq_smem_bytes(d) as u32 };
+            unsafe { stream.launch_builder(&kernels.dq).arg(&arg).launch(cfg)? };
+        }
+        if self.n_kv_items > 0 {
+            // The key-side walk reads the mask's columns.
+            bp.f.block_lists = ltp;
+            bp.f.block_counts = ctp;
+            let cfg = LaunchConfig {
+                grid_dim: (self.n_kv_items, kernels.dkdv_halves, 1),
+                block_dim: (128, 1, 1),
+                shared_mem_bytes: attn_common::bwd_dkdv_smem_bytes(d) as u32,
+            };
+            let arg = ByValue(bp);
+            unsafe { stream.launch_builder(&kernels.dkdv).arg(&arg).launch(cfg)? };
+        }
         Ok(())
     }
 }
 
-/// Runs `compact_block_mask` and checks that every value was 0 or 1.
-fn compact_on_gpu(device: &Device, stream: &Arc<CudaStream>, spec: &AttentionSpec, mask: &CudaSlice<u8>) -> Result<(CudaSlice<i32>, CudaSlice<i32>)> {
-    let nk = spec.mask_k_blocks();
-    let rows = spec.mask.map_or(0, |m| m.batch * m.n_masks * spec.mask_q_blocks());
+/// Backward key-side work: every 64-key tile of every (batch, kv head), heaviest first by the
+/// number of query rows that may see it (all of them without causal, those at or below the key
+/// under causal).
+fn kv_work_items(spec: &AttentionSpec) -> Vec<attn_common::WorkItem> {
+    let tile = attn_common::BWD_KEYS as i64;
+    let mut items = Vec::new();
+    for b in 0..spec.batch() {
+        let s = spec.seq(b);
+        let (sq, sk) = (s.q_len as i64, s.k_len as i64);
+        for kvh in 0..spec.heads_kv {
+            for kt in 0..(sk + tile - 1) / tile {
+                let rows = if spec.causal { (sq - (kt * tile - (sk - sq)).max(0)).max(0) } else { sq };
+                items.push((rows, attn_common::WorkItem { batch: b as u32, head: kvh as u32, q_block: kt as u32, _pad: 0 }));
+            }
+        }
+    }
+    items.sort_by_key(|&(rows, _)| std::cmp::Reverse(rows));
+    items.into_iter().map(|(_, it)| it).collect()
+}
+
+/// Runs `compact_block_mask` over the mask's rows (or, `transposed`, its columns) and checks that
+/// every value was 0 or 1.
+fn compact_on_gpu(device: &Device, stream: &Arc<CudaStream>, spec: &AttentionSpec, mask: &CudaSlice<u8>, transposed: bool) -> Result<(CudaSlice<i32>, CudaSlice<i32>)> {
+    let (nq, nk) = (spec.mask_q_blocks(), spec.mask_k_blocks());
+    let slices = spec.mask.map_or(0, |m| m.batch * m.n_masks);
+    let (per_slice, n_elems) = if transposed { (nk, nq) } else { (nq, nk) };
+    let rows = slices * per_slice;
     let mut lists = stream.alloc_zeros::<i32>(mask.len().max(1))?;
     // Zero-filled: rows with no key blocks (all Sk = 0) keep count 0 without a launch.
     let mut counts = stream.alloc_zeros::<i32>(rows.max(1))?;
     let mut bad = stream.alloc_zeros::<u32>(1)?;
-    if rows > 0 && nk > 0 {
+    if rows > 0 && n_elems > 0 {
         let (mp, _g1) = mask.device_ptr(stream);
         let (lp, _g2) = lists.device_ptr_mut(stream);
         let (cp, _g3) = counts.device_ptr_mut(stream);
         let (bp, _g4) = bad.device_ptr_mut(stream);
-        let params = CompactParams { mask: mp, lists: lp, counts: cp, bad_value: bp, rows: rows as u32, k_blocks: nk as u32 };
+        let (row_step, elem_step) = if transposed { (1, nk as u32) } else { (nk as u32, 1) };
+        let params = CompactParams {
+            mask: mp,
+            lists: lp,
+            counts: cp,
+            bad_value: bp,
+            rows: rows as u32,
+            n_elems: n_elems as u32,
+            rows_per_slice: per_slice as u32,
+            slice_len: (nq * nk) as u32,
+            row_step,
+            elem_step,
+        };
         let cfg = LaunchConfig { grid_dim: ((rows as u32).div_ceil(128), 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
         let arg = ByValue(params);
         unsafe { stream.launch_builder(&device.compact).arg(&arg).launch(cfg)? };

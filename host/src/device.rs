@@ -48,6 +48,8 @@ pub struct Device {
     sm_count: u32,
     /// `[dtype (bf16, f16)][head dim class]`.
     pub(crate) fwd: [[FwdKernel; 3]; 2],
+    /// `[dtype][head dim class]`: the backward's three kernels.
+    pub(crate) bwd: [[BwdKernels; 3]; 2],
     max_smem: i32,
     pub(crate) compact: CudaFunction,
 }
@@ -112,6 +114,14 @@ impl Device {
             }
             fwd.push(<[FwdKernel; 3]>::try_from(row).unwrap());
         }
+        let mut bwd = Vec::new();
+        for dtype in ["bf16", "f16"] {
+            let mut row = Vec::new();
+            for (d, _, _) in FWD_HEAD_DIMS {
+                row.push(load_bwd(&module, max_smem, dtype, d)?);
+            }
+            bwd.push(<[BwdKernels; 3]>::try_from(row).unwrap());
+        }
         let compact = module.load_function("compact_block_mask")?;
         let sm_count = ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)? as u32;
         Ok(Device {
@@ -121,6 +131,7 @@ impl Device {
             path,
             sm_count,
             fwd: <[[FwdKernel; 3]; 2]>::try_from(fwd).unwrap(),
+            bwd: <[[BwdKernels; 3]; 2]>::try_from(bwd).unwrap(),
             max_smem,
             compact,
         })
@@ -156,6 +167,34 @@ impl Device {
         let name = self.ctx.name().unwrap_or_else(|_| "unknown GPU".into());
         format!("{name} (sm_{}{}, {:?} path)", self.capability.0, self.capability.1, self.path)
     }
+}
+
+/// The backward kernels of one (dtype, head dim).
+#[derive(Clone, Debug)]
+pub(crate) struct BwdKernels {
+    pub dsum: CudaFunction,
+    pub dq: CudaFunction,
+    pub dkdv: CudaFunction,
+    pub head_dim: usize,
+    /// CTAs per key tile of `dkdv` (each owns that share of the head dim).
+    pub dkdv_halves: u32,
+}
+
+fn load_bwd(module: &Arc<CudaModule>, max_smem: i32, dtype: &str, d: usize) -> Result<BwdKernels> {
+    let k = BwdKernels {
+        dsum: module.load_function(&format!("attn_bwd_dsum_{dtype}_d{d}"))?,
+        dq: module.load_function(&format!("attn_bwd_dq_{dtype}_d{d}"))?,
+        dkdv: module.load_function(&format!("attn_bwd_dkdv_{dtype}_d{d}"))?,
+        head_dim: d,
+        dkdv_halves: if d == 128 { 2 } else { 1 },
+    };
+    for (f, smem) in [(&k.dq, attn_common::bwd_dq_smem_bytes(d)), (&k.dkdv, attn_common::bwd_dkdv_smem_bytes(d))] {
+        if smem as i32 > max_smem {
+            return Err(Error::Tensor { name: "kernel", why: format!("the backward needs {smem} bytes of shared memory; the device allows {max_smem}") });
+        }
+        f.set_attribute(sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)?;
+    }
+    Ok(k)
 }
 
 fn load_fwd(module: &Arc<CudaModule>, max_smem: i32, name: &str, head_dim: usize, key_tile: i32, threads: u32) -> Result<FwdKernel> {

@@ -1,7 +1,7 @@
 //! Planning on the host: the work items of a call, heaviest first, and the CPU mirror of the
 //! mask compaction. Costs come from the same rules the kernels walk, in O(1) per work item
 //! (O(1) per mask row for block-sparse heads), never from the score matrix.
-use attn_common::{RowSpan, TileWalk, WorkItem};
+use attn_common::{KeySpan, QueryTileWalk, RowSpan, TileWalk, WorkItem};
 
 use crate::error::{Error, Result};
 use crate::pattern::HeadPattern;
@@ -44,6 +44,51 @@ pub fn compact_mask(spec: &AttentionSpec, mask: &[u8]) -> Result<CompactMask> {
         counts[r] = c as i32;
     }
     Ok(CompactMask { lists, counts, k_blocks: nk })
+}
+
+/// Transposed compacted block mask, for the backward pass: per mask column
+/// `(mask batch, mask, k block)`, the query blocks whose bit is set, in ascending order
+/// (`lists[col * q_blocks ..][..counts[col]]`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TransposedMask {
+    pub lists: Vec<i32>,
+    pub counts: Vec<i32>,
+    pub q_blocks: usize,
+}
+
+impl TransposedMask {
+    pub fn col(&self, col: usize) -> &[i32] {
+        &self.lists[col * self.q_blocks..][..self.counts[col] as usize]
+    }
+}
+
+/// The mask compaction transposed: for every key block of every mask slice, the query blocks
+/// that see it. Every column is listed, even with 0 query blocks.
+pub fn compact_mask_transposed(spec: &AttentionSpec, mask: &[u8]) -> Result<TransposedMask> {
+    check_mask_len(spec, mask.len())?;
+    let (nq, nk) = (spec.mask_q_blocks(), spec.mask_k_blocks());
+    let slices = spec.mask.map_or(0, |m| m.batch * m.n_masks);
+    let mut lists = vec![0; mask.len()];
+    let mut counts = vec![0; slices * nk];
+    for sl in 0..slices {
+        let slice = &mask[sl * nq * nk..(sl + 1) * nq * nk];
+        for kb in 0..nk {
+            let col = sl * nk + kb;
+            let mut c = 0;
+            for qb in 0..nq {
+                match slice[qb * nk + kb] {
+                    0 => {}
+                    1 => {
+                        lists[col * nq + c] = qb as i32;
+                        c += 1;
+                    }
+                    _ => return Err(Error::MaskValue),
+                }
+            }
+            counts[col] = c as i32;
+        }
+    }
+    Ok(TransposedMask { lists, counts, q_blocks: nq })
 }
 
 pub fn check_mask_len(spec: &AttentionSpec, got: usize) -> Result<()> {
@@ -101,6 +146,52 @@ pub fn visited_tiles(spec: &AttentionSpec, compact: Option<&CompactMask>, b: usi
             return out;
         }
         out.push(j0);
+    }
+}
+
+/// Index of the transposed mask column that key block `k_block` of `(b, mask)` reads.
+pub fn mask_col(spec: &AttentionSpec, b: usize, mask: u32, k_block: usize) -> usize {
+    let shape = spec.mask.expect("block-sparse heads have a mask");
+    let mb = if shape.batch == 1 { 0 } else { b };
+    (mb * shape.n_masks + mask as usize) * spec.mask_k_blocks() + k_block
+}
+
+/// The query rows of sequence `b` under head `h` that see the key tile `[j0, j1]` (dense rule
+/// for block-sparse heads).
+pub fn key_span(spec: &AttentionSpec, b: usize, h: usize, j0: i32, j1: i32) -> KeySpan {
+    let s = spec.seq(b);
+    KeySpan::new(spec.patterns[h].rule(), spec.causal, s.q_len, s.k_len, j0, j1)
+}
+
+/// The query tiles of `bm` rows that the backward kernels visit for the key tile of `bn` keys
+/// starting at `j0` (`bn` dividing [`BLOCK`], so the tile lies in one key block), first row of
+/// each.
+pub fn visited_query_tiles(
+    spec: &AttentionSpec,
+    transposed: Option<&TransposedMask>,
+    b: usize,
+    h: usize,
+    j0: i32,
+    bn: i32,
+    bm: i32,
+) -> Vec<i32> {
+    let sp = key_span(spec, b, h, j0, j0 + bn - 1);
+    let mut walk = match spec.patterns[h] {
+        HeadPattern::BlockSparse { mask } => {
+            let t = transposed.expect("block-sparse heads need the transposed mask");
+            let col = t.col(mask_col(spec, b, mask, j0 as usize / BLOCK));
+            QueryTileWalk::sparse(sp, bm, col.as_ptr(), col.len() as i32)
+        }
+        _ => QueryTileWalk::formula(sp, bm),
+    };
+    let mut out = Vec::new();
+    loop {
+        // SAFETY: the list pointer and count come from a live slice.
+        let i0 = unsafe { walk.next() };
+        if i0 < 0 {
+            return out;
+        }
+        out.push(i0);
     }
 }
 

@@ -5,12 +5,15 @@
 #![allow(internal_features, improper_gpu_kernel_arg)]
 
 pub mod arch;
+pub mod bwd;
 pub mod compact;
 pub mod fwd;
+pub mod gemm;
+pub mod item;
 pub mod tiles;
 
 use arch::mma::{Bf16, F16};
-use attn_common::{CompactParams, FwdParams};
+use attn_common::{BwdParams, CompactParams, FwdParams};
 use core::arch::global_asm;
 
 /// Launch bounds that Rust cannot express: a marker that `tools/ptx-post` turns into directives.
@@ -43,6 +46,38 @@ fwd_entries!(
 fwd_entries!(
     test_fwd_bf16_d128_k32 = (Bf16, d 128, threads 128, mtiles 2, keys 32, ctas 1),
     test_fwd_bf16_d128_w8 = (Bf16, d 128, threads 256, mtiles 1, keys 64, ctas 1),
+);
+
+/// Backward entries per (dtype, head dim): `bwd_dsum_*` (128 threads), `bwd_dq_*` (256),
+/// `bwd_dkdv_*` (128 threads; `halves` CTAs per key tile along grid y, each owning that share of
+/// the head dim of dK and dV).
+macro_rules! bwd_entries {
+    ($($dsum:ident, $dq:ident, $dkdv:ident = ($elem:ty, $d:literal, halves $halves:literal)),* $(,)?) => {$(
+        #[unsafe(no_mangle)]
+        pub unsafe extern "gpu-kernel" fn $dsum(p: BwdParams) {
+            unsafe { bwd::bwd_dsum::<$elem>(&p) }
+        }
+        ptx_attrs!($dsum: ".maxntid 128, 1, 1");
+        #[unsafe(no_mangle)]
+        pub unsafe extern "gpu-kernel" fn $dq(p: BwdParams) {
+            unsafe { bwd::bwd_dq::<$elem, $d, { $d / 8 }, { $d / 16 }>(&p) }
+        }
+        ptx_attrs!($dq: ".maxntid 256, 1, 1");
+        #[unsafe(no_mangle)]
+        pub unsafe extern "gpu-kernel" fn $dkdv(p: BwdParams) {
+            unsafe { bwd::bwd_dkdv::<$elem, $d, { $d / 8 }, { $d / 16 }, { $d / 8 / $halves }>(&p) }
+        }
+        ptx_attrs!($dkdv: ".maxntid 128, 1, 1");
+    )*};
+}
+
+bwd_entries!(
+    attn_bwd_dsum_bf16_d32, attn_bwd_dq_bf16_d32, attn_bwd_dkdv_bf16_d32 = (Bf16, 32, halves 1),
+    attn_bwd_dsum_bf16_d64, attn_bwd_dq_bf16_d64, attn_bwd_dkdv_bf16_d64 = (Bf16, 64, halves 1),
+    attn_bwd_dsum_bf16_d128, attn_bwd_dq_bf16_d128, attn_bwd_dkdv_bf16_d128 = (Bf16, 128, halves 2),
+    attn_bwd_dsum_f16_d32, attn_bwd_dq_f16_d32, attn_bwd_dkdv_f16_d32 = (F16, 32, halves 1),
+    attn_bwd_dsum_f16_d64, attn_bwd_dq_f16_d64, attn_bwd_dkdv_f16_d64 = (F16, 64, halves 1),
+    attn_bwd_dsum_f16_d128, attn_bwd_dq_f16_d128, attn_bwd_dkdv_f16_d128 = (F16, 128, halves 2),
 );
 
 #[unsafe(no_mangle)]

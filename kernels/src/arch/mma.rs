@@ -15,6 +15,8 @@ pub trait Element {
     fn mma(d: &mut [f32; 4], a: [u32; 4], b: [u32; 2]);
     /// Two f32 rounded to nearest and packed, `lo` in bits 0..16.
     fn pack2(lo: f32, hi: f32) -> u32;
+    /// The two values packed in `x` (bits 0..16 first), widened to f32.
+    fn unpack2(x: u32) -> (f32, f32);
 }
 
 pub struct Bf16;
@@ -40,6 +42,11 @@ impl Element for Bf16 {
         }
         r
     }
+    /// bf16 is the top half of an f32: widening is a shift.
+    #[inline(always)]
+    fn unpack2(x: u32) -> (f32, f32) {
+        (f32::from_bits(x << 16), f32::from_bits(x & 0xffff_0000))
+    }
 }
 
 impl Element for F16 {
@@ -61,5 +68,15 @@ impl Element for F16 {
                  options(pure, nomem, nostack));
         }
         r
+    }
+    /// `mov.b32 {lo, hi}` then `cvt.f32.f16` on each half.
+    #[inline(always)]
+    fn unpack2(x: u32) -> (f32, f32) {
+        let (a, b): (f32, f32);
+        unsafe {
+            asm!("{{ .reg .b16 l, h; mov.b32 {{l, h}}, {2}; cvt.f32.f16 {0}, l; cvt.f32.f16 {1}, h; }}",
+                 out(reg32) a, out(reg32) b, in(reg32) x, options(pure, nomem, nostack));
+        }
+        (a, b)
     }
 }

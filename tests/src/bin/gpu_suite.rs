@@ -5,7 +5,9 @@
 //! computation done in the input precision, plus a tiny absolute slack, and below 1e-2; `lse`
 //! within 1e-3 (and exactly -inf where the reference is); no NaN; bitwise-identical reruns.
 //! Ends with `N passed, M failed`.
-//! Usage: `gpu_suite [--quick] [--seed N] [--filter TEXT] [--path portable|hopper]`.
+//! Gradients (dq, dk, dv against the f64 reference backward, same rule, deterministic reruns)
+//! are checked on every case with contiguous tensors.
+//! Usage: `gpu_suite [--quick] [--seed N] [--filter TEXT] [--path portable|hopper] [--no-grad]`.
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -145,6 +147,9 @@ fn random_cases(count: usize, seed: u64) -> Vec<Case> {
         .collect()
 }
 
+/// Whether to check gradients too (`--no-grad` turns it off).
+static GRADS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
 struct Inputs {
     q: Vec<f64>,
     k: Vec<f64>,
@@ -166,8 +171,43 @@ struct Outcome {
     err: f64,
     err_lowp: f64,
     lse_err: f64,
+    /// Worst of dq, dk, dv: (error, input-precision error), when gradients were checked.
+    grad: Option<(f64, f64)>,
     problems: Vec<String>,
     gpu_ms: f64,
+}
+
+/// Runs forward then backward on the GPU with poisoned gradient buffers, twice (the backward
+/// must be deterministic); returns dq, dk, dv.
+fn run_gpu_bwd<T: Element>(dev: &Device, stream: &Arc<CudaStream>, case: &Case, inp: &Inputs, d_o: &[f64]) -> Result<([Vec<f64>; 3], bool), String> {
+    let s = &case.spec;
+    let e = |x: block_sparse_attn::cudarc::driver::DriverError| x.to_string();
+    let conv = |x: &[f64]| x.iter().map(|&v| T::from_f64(v)).collect::<Vec<T>>();
+    let mask = if s.mask_len() > 0 { Some(stream.clone_htod(&inp.mask).map_err(e)?) } else { None };
+    let attn = Attention::new(dev, stream, s.clone(), mask.as_ref()).map_err(|x| x.to_string())?;
+    let (q, k, v, g) = (
+        stream.clone_htod(&conv(&inp.q)).map_err(e)?,
+        stream.clone_htod(&conv(&inp.k)).map_err(e)?,
+        stream.clone_htod(&conv(&inp.v)).map_err(e)?,
+        stream.clone_htod(&conv(d_o)).map_err(e)?,
+    );
+    let mut o = stream.alloc_zeros::<T>(s.q_len().max(1)).map_err(e)?;
+    let mut lse = stream.alloc_zeros::<f32>(s.lse_len().max(1)).map_err(e)?;
+    attn.forward(dev, stream, &q, &k, &v, &mut o, &mut lse).map_err(|x| x.to_string())?;
+    let mut runs = Vec::new();
+    for _ in 0..2 {
+        let nan_q = vec![T::from_f64(f64::NAN); s.q_len().max(1)];
+        let nan_kv = vec![T::from_f64(f64::NAN); s.kv_len().max(1)];
+        let mut dq = stream.clone_htod(&nan_q).map_err(e)?;
+        let mut dk = stream.clone_htod(&nan_kv).map_err(e)?;
+        let mut dv = stream.clone_htod(&nan_kv).map_err(e)?;
+        attn.backward(dev, stream, &q, &k, &v, &o, &lse, &g, &mut dq, &mut dk, &mut dv).map_err(|x| x.to_string())?;
+        let back = |x: &CudaSlice<T>| -> Result<Vec<f64>, String> { Ok(stream.clone_dtoh(x).map_err(e)?.iter().map(|v| v.to_f64()).collect()) };
+        runs.push([back(&dq)?, back(&dk)?, back(&dv)?]);
+    }
+    let bits = |r: &[Vec<f64>; 3]| r.iter().flatten().map(|x| x.to_bits()).collect::<Vec<_>>();
+    let same = bits(&runs[0]) == bits(&runs[1]);
+    Ok((runs.swap_remove(0), same))
 }
 
 fn run_gpu<T: Element>(dev: &Device, stream: &Arc<CudaStream>, case: &Case, inp: &Inputs) -> Result<(Vec<f64>, Vec<f32>, bool, f64), String> {
@@ -238,7 +278,7 @@ fn check<T: Element>(dev: &Device, stream: &Arc<CudaStream>, case: &Case, round:
     let (o, lse, deterministic, gpu_ms) = match run_gpu::<T>(dev, stream, case, &inp) {
         Ok(x) => x,
         Err(msg) => {
-            return Outcome { err: f64::NAN, err_lowp: 0.0, lse_err: f64::NAN, problems: vec![format!("GPU call failed: {msg}")], gpu_ms: 0.0 };
+            return Outcome { err: f64::NAN, err_lowp: 0.0, lse_err: f64::NAN, grad: None, problems: vec![format!("GPU call failed: {msg}")], gpu_ms: 0.0 };
         }
     };
     if !deterministic {
@@ -270,7 +310,42 @@ fn check<T: Element>(dev: &Device, stream: &Arc<CudaStream>, case: &Case, round:
         let worst = o.iter().zip(&reference.o).enumerate().max_by(|a, b| ((a.1.0 - a.1.1).abs()).total_cmp(&(b.1.0 - b.1.1).abs())).map(|(i, (g, r))| format!("at {i}: {g} vs {r}")).unwrap_or_default();
         problems.push(format!("o error {err:.3e} > 2 x {err_lowp:.3e} ({worst})"));
     }
-    Outcome { err, err_lowp, lse_err, problems, gpu_ms }
+    let mut grad = None;
+    if GRADS.load(std::sync::atomic::Ordering::Relaxed) && !case.packed {
+        let mut rng = StdRng::seed_from_u64(case.seed ^ 0xd0d0);
+        let d_o: Vec<f64> = (0..s.q_len()).map(|_| T::from_f64(rng.random_range(-1.732..1.732)).to_f64()).collect();
+        let (exact, rounded) = std::thread::scope(|sc| {
+            let a = sc.spawn(|| reference::backward(s, &inp.q, &inp.k, &inp.v, &reference.o, &reference.lse, &d_o, mask));
+            let b = sc.spawn(|| reference::backward_rounded(s, &inp.q, &inp.k, &inp.v, &lowp.o, &lowp.lse, &d_o, mask, round));
+            (a.join().unwrap(), b.join().unwrap())
+        });
+        match run_gpu_bwd::<T>(dev, stream, case, &inp, &d_o) {
+            Err(msg) => problems.push(format!("GPU backward failed: {msg}")),
+            Ok((g, same)) => {
+                if !same {
+                    problems.push("two backward runs differ bitwise".into());
+                }
+                let (mut worst, mut worst_lowp) = (0.0f64, 0.0f64);
+                for (name, gpu, ex, lo) in [("dq", &g[0], &exact.dq, &rounded.dq), ("dk", &g[1], &exact.dk, &rounded.dk), ("dv", &g[2], &exact.dv, &rounded.dv)] {
+                    let nan = gpu.iter().filter(|x| x.is_nan()).count();
+                    if nan > 0 {
+                        problems.push(format!("{nan} NaN (unwritten?) elements in {name}"));
+                    }
+                    let (e, el) = (max_diff(gpu, ex), max_diff(lo, ex));
+                    // Gradients grow with the number of keys a row sees; the slack is relative to
+                    // the largest reference gradient.
+                    let scale = ex.iter().fold(1.0f64, |m, x| m.max(x.abs()));
+                    if !(e <= 2.0 * el + 1e-4 * scale) {
+                        problems.push(format!("{name} error {e:.3e} > 2 x {el:.3e}"));
+                    }
+                    worst = worst.max(e);
+                    worst_lowp = worst_lowp.max(el);
+                }
+                grad = Some((worst, worst_lowp));
+            }
+        }
+    }
+    Outcome { err, err_lowp, lse_err, grad, problems, gpu_ms }
 }
 
 fn main() {
@@ -280,6 +355,7 @@ fn main() {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(1)
     });
     let filter = args.iter().position(|a| a == "--filter").and_then(|i| args.get(i + 1)).cloned();
+    GRADS.store(!args.iter().any(|a| a == "--no-grad"), std::sync::atomic::Ordering::Relaxed);
     if !block_sparse_attn::gpu_available() {
         println!("skipped: no GPU");
         println!("0 passed, 0 failed");
@@ -316,8 +392,9 @@ fn main() {
         } else {
             failed += 1;
         }
+        let grad = out.grad.map_or(String::new(), |(e, el)| format!(" grad {e:.2e} ({el:.2e})"));
         println!(
-            "{} {:<48} err {:.2e} (input-precision {:.2e}) lse {:.1e} gpu {:.2} ms{}",
+            "{} {:<48} err {:.2e} (input-precision {:.2e}) lse {:.1e}{grad} gpu {:.2} ms{}",
             if ok { "PASS" } else { "FAIL" },
             case.name,
             out.err,
