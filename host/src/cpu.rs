@@ -43,3 +43,23 @@ fn check_host_len(_spec: &AttentionSpec, name: &'static str, got: usize, need: u
     }
     Ok(())
 }
+
+/// Gradients of the CPU backend, in the input type.
+pub struct CpuGrads<T> {
+    pub dq: Vec<T>,
+    pub dk: Vec<T>,
+    pub dv: Vec<T>,
+}
+
+/// Backward pass on contiguous host tensors: the forward in `f64`, then the `f64` reference
+/// backward from `d_o` (laid out like `o`), rounded to the input type.
+pub fn backward<T: Element>(spec: &AttentionSpec, q: &[T], k: &[T], v: &[T], d_o: &[T], block_mask: Option<&[u8]>) -> Result<CpuGrads<T>> {
+    forward(spec, q, k, v, block_mask)?; // the same validation
+    check_host_len(spec, "d_o", d_o.len(), spec.q_len())?;
+    let up = |x: &[T]| x.iter().map(|e| e.to_f64()).collect::<Vec<_>>();
+    let (q, k, v, d_o) = (up(q), up(k), up(v), up(d_o));
+    let out = reference::forward(spec, &q, &k, &v, block_mask);
+    let g = reference::backward(spec, &q, &k, &v, &out.o, &out.lse, &d_o, block_mask);
+    let down = |x: Vec<f64>| x.into_iter().map(T::from_f64).collect::<Vec<_>>();
+    Ok(CpuGrads { dq: down(g.dq), dk: down(g.dk), dv: down(g.dv) })
+}

@@ -51,9 +51,13 @@ pub struct Problem {
     pub o_shape: Vec<usize>,
     /// `[B, H, Sq]`, or `[H, total_q]` for variable length.
     pub lse_shape: Vec<usize>,
+    /// Bits of the optional output gradient `do` (dtype and shape of `q`).
+    pub d_o: Option<Vec<u16>>,
+    /// Shape of `k` (and of `dk`, `dv`).
+    pub kv_shape: Vec<usize>,
 }
 
-const TENSORS: [&str; 6] = ["q", "k", "v", "cu_seqlens_q", "cu_seqlens_k", "block_mask"];
+const TENSORS: [&str; 7] = ["q", "k", "v", "cu_seqlens_q", "cu_seqlens_k", "block_mask", "do"];
 const PATTERN_FORMS: &str =
     r#"each entry must be "dense", {"block_sparse": mask}, {"block_streaming": [sink_blocks, local_blocks]} or {"token_streaming": [sink_tokens, local_tokens]}"#;
 
@@ -142,7 +146,14 @@ pub fn read(path: &str) -> Result<Problem, String> {
         Dtype::F16 => Data::F16(Inputs { q: halves(&q), k: halves(&k), v: halves(&v) }),
         other => return Err(format!("`q` is {other:?}: q, k and v must be BF16 or F16")),
     };
-    Ok(Problem { o_shape: q.shape().to_vec(), lse_shape, data, mask: mask.map(|m| m.data().to_vec()), spec })
+    let d_o = match tensor("do") {
+        None => None,
+        Some(g) if g.dtype() != q.dtype() || g.shape() != q.shape() => {
+            return Err(format!("`do` is {:?} {:?}: it must have the dtype and shape of `q` ({:?} {:?})", g.dtype(), g.shape(), q.dtype(), q.shape()));
+        }
+        Some(g) => Some(g.data().chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect()),
+    };
+    Ok(Problem { o_shape: q.shape().to_vec(), kv_shape: k.shape().to_vec(), lse_shape, data, mask: mask.map(|m| m.data().to_vec()), d_o, spec })
 }
 
 /// A tensor's little-endian 16-bit elements (the data may be unaligned in the file).

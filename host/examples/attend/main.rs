@@ -26,13 +26,15 @@ IN's tensors (q, k, v all BF16 or all F16):
   variable length  q [total_q, H, D]; k, v [total_k, Hkv, D];
                    cu_seqlens_q, cu_seqlens_k I32 [B + 1]
   optional         block_mask U8 [B or 1, n_masks, ceil(Sq / 128), ceil(Sk / 128)]
+  optional         do (dtype and shape of q): the gradient of o; then dq, dk, dv are written too
 IN's metadata (all optional):
   patterns       JSON array, one entry per query head: "dense", {"block_sparse": mask},
                  {"block_streaming": [sink_blocks, local_blocks]} or
                  {"token_streaming": [sink_tokens, local_tokens]} (default: all dense)
   causal         "true" or "false" (default "false")
   softmax_scale  a decimal number (default 1 / sqrt(D))
-OUT's tensors: o (dtype and shape of q), lse F32 [B, H, Sq] or [H, total_q].
+OUT's tensors: o (dtype and shape of q), lse F32 [B, H, Sq] or [H, total_q]; with `do`,
+also dq (like q), dk and dv (like k).
 
 --backend  cpu: the f64 CPU reference; gpu: GPU 0. Default: the GPU if there is one.
 Exit status: 0 done, 1 the backend failed, 2 bad arguments or a malformed input file."#;
@@ -121,11 +123,26 @@ fn attend<T: Half>(backend: &Backend, p: &Problem, x: &Inputs<T>, out: &str) -> 
     let o: Vec<u8> = run.o.iter().flat_map(|e| e.to_bits().to_le_bytes()).collect();
     let lse: Vec<u8> = run.lse.iter().flat_map(|e| e.to_le_bytes()).collect();
     let view = |dtype, shape: &[usize], data| TensorView::new(dtype, shape.to_vec(), data).map_err(|e| format!("internal error: {e}"));
-    let tensors = [("o", view(T::DTYPE, &p.o_shape, &o)?), ("lse", view(Dtype::F32, &p.lse_shape, &lse)?)];
+    let bytes = |x: &[T]| x.iter().flat_map(|e| e.to_bits().to_le_bytes()).collect::<Vec<u8>>();
+    let grads = match &p.d_o {
+        None => None,
+        Some(bits) => {
+            let d_o: Vec<T> = bits.iter().map(|&b| T::from_bits(b)).collect();
+            let [dq, dk, dv] = backend.backward(&p.spec, x, &d_o, p.mask.as_deref())?;
+            Some([bytes(&dq), bytes(&dk), bytes(&dv)])
+        }
+    };
+    let mut tensors = vec![("o", view(T::DTYPE, &p.o_shape, &o)?), ("lse", view(Dtype::F32, &p.lse_shape, &lse)?)];
+    if let Some([dq, dk, dv]) = &grads {
+        tensors.push(("dq", view(T::DTYPE, &p.o_shape, dq)?));
+        tensors.push(("dk", view(T::DTYPE, &p.kv_shape, dk)?));
+        tensors.push(("dv", view(T::DTYPE, &p.kv_shape, dv)?));
+    }
     let backend_name = if backend.is_gpu() { "gpu" } else { "cpu" };
     let meta = HashMap::from([("backend".to_string(), backend_name.to_string())]);
     safetensors::serialize_to_file(tensors, Some(meta), out.as_ref()).map_err(|e| Fail { code: 1, message: format!("cannot write {out}: {e}") })?;
-    println!("attend: {:.3} ms; wrote o {:?} {} and lse {:?} F32 to {out}", run.ms, p.o_shape, T::NAME, p.lse_shape);
+    let also = if grads.is_some() { " and dq, dk, dv" } else { "" };
+    println!("attend: {:.3} ms; wrote o {:?} {} and lse {:?} F32{also} to {out}", run.ms, p.o_shape, T::NAME, p.lse_shape);
     Ok(())
 }
 

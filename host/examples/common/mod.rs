@@ -182,6 +182,34 @@ impl Backend {
     }
 }
 
+impl Backend {
+    /// dq, dk, dv of one backward pass from `d_o` (after a forward pass for `o` and `lse`).
+    pub fn backward<T: Element>(&self, spec: &AttentionSpec, x: &Inputs<T>, d_o: &[T], mask: Option<&[u8]>) -> block_sparse_attn::Result<[Vec<T>; 3]> {
+        let (dev, stream) = match self {
+            Backend::Cpu => {
+                let g = cpu::backward(spec, &x.q, &x.k, &x.v, d_o, mask)?;
+                return Ok([g.dq, g.dk, g.dv]);
+            }
+            Backend::Gpu { dev, stream } => (dev, stream),
+        };
+        let (q, k, v, g) = (upload(stream, &x.q)?, upload(stream, &x.k)?, upload(stream, &x.v)?, upload(stream, d_o)?);
+        let mask_dev = mask.map(|m| upload(stream, m)).transpose()?;
+        let attn = Attention::new(dev, stream, spec.clone(), mask_dev.as_ref())?;
+        let mut o = stream.alloc_zeros::<T>(spec.q_len().max(8))?;
+        let mut lse = stream.alloc_zeros::<f32>(spec.lse_len().max(8))?;
+        attn.forward(dev, stream, &q, &k, &v, &mut o, &mut lse)?;
+        let mut dq = stream.alloc_zeros::<T>(spec.q_len().max(8))?;
+        let mut dk = stream.alloc_zeros::<T>(spec.kv_len().max(8))?;
+        let mut dv = stream.alloc_zeros::<T>(spec.kv_len().max(8))?;
+        attn.backward(dev, stream, &q, &k, &v, &o, &lse, &g, &mut dq, &mut dk, &mut dv)?;
+        let mut out = [stream.clone_dtoh(&dq)?, stream.clone_dtoh(&dk)?, stream.clone_dtoh(&dv)?];
+        out[0].truncate(spec.q_len());
+        out[1].truncate(spec.kv_len());
+        out[2].truncate(spec.kv_len());
+        Ok(out)
+    }
+}
+
 /// Copies `data` to the device (a few zeros for an empty slice: CUDA refuses 0-byte allocations).
 fn upload<T: DeviceRepr + ValidAsZeroBits>(stream: &Arc<CudaStream>, data: &[T]) -> block_sparse_attn::Result<CudaSlice<T>> {
     Ok(if data.is_empty() { stream.alloc_zeros::<T>(8)? } else { stream.clone_htod(data)? })
