@@ -358,7 +358,7 @@ impl Attention {
             bp.f.block_lists = ltp;
             bp.f.block_counts = ctp;
             let cfg = LaunchConfig {
-                grid_dim: (self.n_kv_items, kernels.dkdv_halves, 1),
+                grid_dim: (self.n_kv_items, 1, 1),
                 block_dim: (128, 1, 1),
                 shared_mem_bytes: attn_common::bwd_dkdv_smem_bytes(d) as u32,
             };

@@ -176,8 +176,6 @@ pub(crate) struct BwdKernels {
     pub dq: CudaFunction,
     pub dkdv: CudaFunction,
     pub head_dim: usize,
-    /// CTAs per key tile of `dkdv` (each owns that share of the head dim).
-    pub dkdv_halves: u32,
 }
 
 fn load_bwd(module: &Arc<CudaModule>, max_smem: i32, dtype: &str, d: usize) -> Result<BwdKernels> {
@@ -186,7 +184,6 @@ fn load_bwd(module: &Arc<CudaModule>, max_smem: i32, dtype: &str, d: usize) -> R
         dq: module.load_function(&format!("attn_bwd_dq_{dtype}_d{d}"))?,
         dkdv: module.load_function(&format!("attn_bwd_dkdv_{dtype}_d{d}"))?,
         head_dim: d,
-        dkdv_halves: if d == 128 { 2 } else { 1 },
     };
     for (f, smem) in [(&k.dq, attn_common::bwd_dq_smem_bytes(d)), (&k.dkdv, attn_common::bwd_dkdv_smem_bytes(d))] {
         if smem as i32 > max_smem {

@@ -203,6 +203,8 @@ struct KvWalk {
     batch: u32,
     /// Next query tile to look at (formula heads) or next list entry (block-sparse heads).
     qt: i32,
+    /// Query rows per tile.
+    bq: i32,
     qt_start: i32,
     nqt: i32,
     j0: i32,
@@ -228,11 +230,12 @@ impl KvWalk {
                 let mb = if p.mask_batch == 1 { 0 } else { self.batch };
                 let col = ((mb * p.n_masks + rule.a) * p.mask_k_blocks) as usize + (j0 / BLK) as usize;
                 let count = unsafe { *(bp.f.block_counts as *const i32).add(col) };
-                if self.qt >= 2 * count {
+                let per = BLK / self.bq; // query tiles per mask block
+                if self.qt >= per * count {
                     (-1, true)
                 } else {
-                    let qb = unsafe { *(bp.f.block_lists as *const i32).add(col * p.mask_q_blocks as usize + (self.qt / 2) as usize) };
-                    (2 * qb + self.qt % 2, false)
+                    let qb = unsafe { *(bp.f.block_lists as *const i32).add(col * p.mask_q_blocks as usize + (self.qt / per) as usize) };
+                    (per * qb + self.qt % per, false)
                 }
             } else {
                 (self.qt, self.qt >= self.nqt)
@@ -243,11 +246,11 @@ impl KvWalk {
                 continue;
             }
             self.qt += 1;
-            let i0 = qt * BWD_KEYS as i32;
+            let i0 = qt * self.bq;
             if i0 >= self.sq {
                 continue;
             }
-            let i1 = (i0 + BWD_KEYS as i32).min(self.sq) - 1;
+            let i1 = (i0 + self.bq).min(self.sq) - 1;
             let span = RowSpan::new(rule, causal, self.sq, self.sk, i0, i1);
             if span.tile_any(j0, j1) {
                 return (self.h as i32, 2 * qt + span.tile_full(j0, j1) as i32);
@@ -276,26 +279,28 @@ struct KvCtx {
     slots: [[i32; 2]; 2],
 }
 
-/// Per query tile side data in shared memory, double buffered: lse (exp2 domain), D, windows.
+/// Per query tile side data in shared memory, double buffered: lse (exp2 domain), D, windows;
+/// room for 64 rows.
 const SIDE_BYTES: u32 = (BWD_KEYS * (8 + size_of::<RowWindow>())) as u32;
 
-/// Issues the copies of query tile `qt` of head `head` (Q and dO rows) into buffer `buf` and
-/// writes its side data (threads `< 64`, one row each).
+/// Issues the copies of query tile `qt` (of `BQ` rows) of head `head` (Q and dO rows) into
+/// buffer `buf` and writes its side data (threads `< BQ`, one row each).
 #[inline(always)]
-unsafe fn load_query_tile<E: Element, const D: usize>(bp: &BwdParams, s_base: u32, side_base: *mut u8, buf: u32, head: u32, qt: i32, seq: SeqInfo, batch: u32, tid: u32) {
+#[allow(clippy::too_many_arguments)]
+unsafe fn load_query_tile<E: Element, const D: usize, const BQ: usize>(bp: &BwdParams, s_base: u32, side_base: *mut u8, buf: u32, head: u32, qt: i32, seq: SeqInfo, batch: u32, tid: u32) {
     let p = &bp.f;
     let rb = (D * 2) as u32;
     let tile_bytes = BWD_KEYS as u32 * rb;
     let (s_qb, s_dob) = (s_base + (2 + buf) * tile_bytes, s_base + (4 + buf) * tile_bytes);
-    let i0 = qt * BWD_KEYS as i32;
-    let rows = (seq.q_len - i0).min(BWD_KEYS as i32);
+    let i0 = qt * BQ as i32;
+    let rows = (seq.q_len - i0).min(BQ as i32);
     let q = p.q + 2 * elem_offset(&p.q_strides, batch, seq.q_start + i0, head) as u64;
     let d_o = bp.d_o + 2 * elem_offset(&bp.do_strides, batch, seq.q_start + i0, head) as u64;
     unsafe {
-        load_tile::<D>(BWD_KEYS as i32, 128, s_qb, q, 2 * p.q_strides.token, rows, p.head_dim / 8, tid);
-        load_tile::<D>(BWD_KEYS as i32, 128, s_dob, d_o, 2 * bp.do_strides.token, rows, p.head_dim / 8, tid);
+        load_tile::<D>(BQ as i32, 128, s_qb, q, 2 * p.q_strides.token, rows, p.head_dim / 8, tid);
+        load_tile::<D>(BQ as i32, 128, s_dob, d_o, 2 * bp.do_strides.token, rows, p.head_dim / 8, tid);
     }
-    if tid < BWD_KEYS as u32 {
+    if tid < BQ as u32 {
         let side = unsafe { side_base.add((buf * SIDE_BYTES) as usize) };
         let r = tid as i32;
         let (mut l, mut d) = (f32::INFINITY, 0.0f32);
@@ -313,15 +318,17 @@ unsafe fn load_query_tile<E: Element, const D: usize>(bp: &BwdParams, s_base: u3
     }
 }
 
-/// dK and dV for one 64-key tile of one kv head: 4 warps of 16 keys, 64-row query tiles. Each
-/// CTA accumulates `DA` n8 tiles of the head dim (`DA = DN / 2` at D = 128, where dK and dV in
-/// full would not fit in registers beside Sᵀ and dPᵀ: two CTAs per key tile, `blockIdx.y`
-/// choosing the half, each recomputing Sᵀ and dPᵀ).
+/// dK and dV for one 64-key tile of one kv head: 4 warps of 16 keys, query tiles of `8 * NT`
+/// rows (32 at D = 128, where dK, dV, Sᵀ and dPᵀ of 64-row tiles would not fit in registers).
+/// Each CTA accumulates `DA` n8 tiles of the head dim, from chunk `blockIdx.y * DA` (a split
+/// along grid y recomputes Sᵀ and dPᵀ per part; all entries use `DA = DN` today).
 #[inline(always)]
-pub unsafe fn bwd_dkdv<E: Element, const D: usize, const DN: usize, const DK: usize, const DA: usize>(bp: &BwdParams) {
+pub unsafe fn bwd_dkdv<E: Element, const D: usize, const DN: usize, const DK: usize, const DA: usize, const NT: usize, const BQ: usize, const KT: usize>(
+    bp: &BwdParams,
+) {
     const MT: usize = 1;
-    const NT: usize = BWD_KEYS / 8;
-    const { assert!(DN * 8 == D && DK * 16 == D && 4 * 16 == BWD_KEYS && DN % DA == 0 && DA % 2 == 0) };
+    const { assert!(DN * 8 == D && DK * 16 == D && 4 * 16 == BWD_KEYS && DN % DA == 0 && DA % 2 == 0 && NT * 8 == BQ && BQ <= BWD_KEYS && 2 * KT == NT) };
+    let bq = NT as i32 * 8;
     let chunk0 = crate::arch::sync::block_idx_y() * DA as u32;
     const { assert!(size_of::<KvCtx>() <= FWD_CTX_BYTES) };
     let p = &bp.f;
@@ -350,15 +357,16 @@ pub unsafe fn bwd_dkdv<E: Element, const D: usize, const DN: usize, const DK: us
     if tid == 0 {
         let causal = p.causal != 0;
         // Under causal, row i sees no key past i + Sk - Sq: skip the query tiles above.
-        let qt_start = if causal { (j0 - seq.k_len + seq.q_len).max(0) / BWD_KEYS as i32 } else { 0 };
+        let qt_start = if causal { (j0 - seq.k_len + seq.q_len).max(0) / bq } else { 0 };
         let mut walk = KvWalk {
             h: 0,
             group: p.group,
             first_head: item.head * p.group,
             batch: item.batch,
             qt: qt_start,
+            bq,
             qt_start,
-            nqt: (seq.q_len + BWD_KEYS as i32 - 1) / BWD_KEYS as i32,
+            nqt: (seq.q_len + bq - 1) / bq,
             j0,
             sq: seq.q_len,
             sk: seq.k_len,
@@ -379,7 +387,7 @@ pub unsafe fn bwd_dkdv<E: Element, const D: usize, const DN: usize, const DK: us
     let first = unsafe { (*ctx).slots[0] };
     let mut cur = first;
     if cur[0] >= 0 {
-        unsafe { load_query_tile::<E, D>(bp, s_k, side, 0, item.head * p.group + cur[0] as u32, cur[1] / 2, seq, item.batch, tid) };
+        unsafe { load_query_tile::<E, D, BQ>(bp, s_k, side, 0, item.head * p.group + cur[0] as u32, cur[1] / 2, seq, item.batch, tid) };
     }
     unsafe { commit() };
 
@@ -414,7 +422,7 @@ pub unsafe fn bwd_dkdv<E: Element, const D: usize, const DN: usize, const DK: us
             let w = offset_of!(KvCtx, walk);
             let (batch, head0) = unsafe { (ctx_i32(ctx_a, w + offset_of!(KvWalk, batch)) as u32, ctx_i32(ctx_a, w + offset_of!(KvWalk, first_head)) as u32) };
             let seq = unsafe { *(p.seqs as *const SeqInfo).add(batch as usize) };
-            unsafe { load_query_tile::<E, D>(bp, s_k, side, 1 - buf, head0 + next[0] as u32, next[1] / 2, seq, batch, tid) };
+            unsafe { load_query_tile::<E, D, BQ>(bp, s_k, side, 1 - buf, head0 + next[0] as u32, next[1] / 2, seq, batch, tid) };
         }
         unsafe { commit() };
 
@@ -453,7 +461,6 @@ pub unsafe fn bwd_dkdv<E: Element, const D: usize, const DN: usize, const DK: us
         }
         // Pᵀ rounded and packed once: it feeds dV and, unpacked, dS (the f32 copy would not
         // fit beside dK, dV and dPᵀ).
-        const KT: usize = NT / 2;
         let pt = pack_a::<E, MT, NT, KT>(&st);
         // dV += Pᵀ dO
         packed_b::<E, D, DA, MT, KT>(&mut dv, &pt, s_dob, opaque(chunk0), ln);

@@ -49,10 +49,9 @@ fwd_entries!(
 );
 
 /// Backward entries per (dtype, head dim): `bwd_dsum_*` (128 threads), `bwd_dq_*` (256),
-/// `bwd_dkdv_*` (128 threads; `halves` CTAs per key tile along grid y, each owning that share of
-/// the head dim of dK and dV).
+/// `bwd_dkdv_*` (128 threads; `query_rows` per query tile it walks).
 macro_rules! bwd_entries {
-    ($($dsum:ident, $dq:ident, $dkdv:ident = ($elem:ty, $d:literal, halves $halves:literal)),* $(,)?) => {$(
+    ($($dsum:ident, $dq:ident, $dkdv:ident = ($elem:ty, $d:literal, query_rows $bq:literal)),* $(,)?) => {$(
         #[unsafe(no_mangle)]
         pub unsafe extern "gpu-kernel" fn $dsum(p: BwdParams) {
             unsafe { bwd::bwd_dsum::<$elem>(&p) }
@@ -65,19 +64,19 @@ macro_rules! bwd_entries {
         ptx_attrs!($dq: ".maxntid 256, 1, 1");
         #[unsafe(no_mangle)]
         pub unsafe extern "gpu-kernel" fn $dkdv(p: BwdParams) {
-            unsafe { bwd::bwd_dkdv::<$elem, $d, { $d / 8 }, { $d / 16 }, { $d / 8 / $halves }>(&p) }
+            unsafe { bwd::bwd_dkdv::<$elem, $d, { $d / 8 }, { $d / 16 }, { $d / 8 }, { $bq / 8 }, $bq, { $bq / 16 }>(&p) }
         }
         ptx_attrs!($dkdv: ".maxntid 128, 1, 1");
     )*};
 }
 
 bwd_entries!(
-    attn_bwd_dsum_bf16_d32, attn_bwd_dq_bf16_d32, attn_bwd_dkdv_bf16_d32 = (Bf16, 32, halves 1),
-    attn_bwd_dsum_bf16_d64, attn_bwd_dq_bf16_d64, attn_bwd_dkdv_bf16_d64 = (Bf16, 64, halves 1),
-    attn_bwd_dsum_bf16_d128, attn_bwd_dq_bf16_d128, attn_bwd_dkdv_bf16_d128 = (Bf16, 128, halves 2),
-    attn_bwd_dsum_f16_d32, attn_bwd_dq_f16_d32, attn_bwd_dkdv_f16_d32 = (F16, 32, halves 1),
-    attn_bwd_dsum_f16_d64, attn_bwd_dq_f16_d64, attn_bwd_dkdv_f16_d64 = (F16, 64, halves 1),
-    attn_bwd_dsum_f16_d128, attn_bwd_dq_f16_d128, attn_bwd_dkdv_f16_d128 = (F16, 128, halves 2),
+    attn_bwd_dsum_bf16_d32, attn_bwd_dq_bf16_d32, attn_bwd_dkdv_bf16_d32 = (Bf16, 32, query_rows 64),
+    attn_bwd_dsum_bf16_d64, attn_bwd_dq_bf16_d64, attn_bwd_dkdv_bf16_d64 = (Bf16, 64, query_rows 64),
+    attn_bwd_dsum_bf16_d128, attn_bwd_dq_bf16_d128, attn_bwd_dkdv_bf16_d128 = (Bf16, 128, query_rows 32),
+    attn_bwd_dsum_f16_d32, attn_bwd_dq_f16_d32, attn_bwd_dkdv_f16_d32 = (F16, 32, query_rows 64),
+    attn_bwd_dsum_f16_d64, attn_bwd_dq_f16_d64, attn_bwd_dkdv_f16_d64 = (F16, 64, query_rows 64),
+    attn_bwd_dsum_f16_d128, attn_bwd_dq_f16_d128, attn_bwd_dkdv_f16_d128 = (F16, 128, query_rows 32),
 );
 
 #[unsafe(no_mangle)]
