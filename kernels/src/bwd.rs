@@ -23,7 +23,7 @@ use crate::arch::mma::Element;
 use crate::arch::smem::{dynamic_smem, ld_shared_u32, smem_u32};
 use crate::arch::sync::{bar_sync, block_idx, opaque, thread_idx};
 use crate::gemm::{Acc, a_bt, lanes, p_b, pack_a, packed_b};
-use crate::item::{BM, ItemCtx, RowTile, ctx_i32, elem_offset, load_item, load_kv, mask_scores, next_tile, setup_query_item};
+use crate::item::{BM, ItemCtx, RowTile, advance_kv, ctx_i32, elem_offset, load_item, load_kv_pair, mask_scores, setup_query_item};
 use crate::tiles::load_tile;
 
 const LOG2E: f32 = core::f32::consts::LOG2_E;
@@ -136,11 +136,10 @@ pub unsafe fn bwd_dq<E: Element, const D: usize, const DN: usize, const DK: usiz
     let s_kv = s_q + 2 * (BM as u32) * rb; // K buffers 0, 1, then V buffers 0, 1
     let ctx_end = s_q + tiles_bytes as u32;
     if cur < 0 {
-        unsafe { wait_group::<0>() };
+        unsafe { wait_group::<0>() }; // no copy may outlive the CTA
     } else {
         unsafe {
-            load_kv::<D>(ctx_end, false, s_kv, bn, threads, cur, valid_chunks, tid);
-            load_kv::<D>(ctx_end, true, s_kv + 2 * tile_bytes, bn, threads, cur, valid_chunks, tid);
+            load_kv_pair::<D>(ctx_end, s_kv, 0, tile_bytes, bn, threads, cur, valid_chunks, tid);
             commit();
         }
     }
@@ -158,17 +157,7 @@ pub unsafe fn bwd_dq<E: Element, const D: usize, const DN: usize, const DK: usiz
         let s_vb = s_kb + 2 * tile_bytes;
         let ln = lanes(rb, row0, lane);
 
-        unsafe { wait_group::<0>() };
-        bar_sync();
-        let next = unsafe { next_tile(ctx_a, ctx, n, tid) };
-        unsafe {
-            if next >= 0 {
-                let kb = s_q + 2 * (BM as u32) * rb + (1 - buf) * tile_bytes;
-                load_kv::<D>(ctx_a, false, kb, bn, threads, next, valid_chunks, tid);
-                load_kv::<D>(ctx_a, true, kb + 2 * tile_bytes, bn, threads, next, valid_chunks, tid);
-            }
-            commit();
-        }
+        let next = unsafe { advance_kv::<D>(ctx_a, ctx, s_q + 2 * (BM as u32) * rb, n, tile_bytes, bn, threads, valid_chunks, tid) };
 
         let mut s = a_bt::<E, D, DK, MT, NT>(s_q, s_kb, ln);
         unsafe { mask_scores::<MT, NT>(&mut s, ctx_a, windows_a, cur, row0, lane) };

@@ -20,9 +20,9 @@ use crate::arch::cp_async::{commit, wait_group};
 use crate::arch::math::{exp2, fma, log2};
 use crate::arch::mma::Element;
 use crate::arch::smem::{dynamic_smem, smem_u32};
-use crate::arch::sync::{bar_sync, opaque, shfl_xor, thread_idx, vote_any};
+use crate::arch::sync::{opaque, shfl_xor, thread_idx, vote_any};
 use crate::gemm::{Acc, a_bt, lanes, p_b};
-use crate::item::{BM, ItemCtx, RowTile, elem_offset, load_item, load_kv, mask_scores, next_tile, setup_query_item};
+use crate::item::{BM, ItemCtx, RowTile, advance_kv, elem_offset, load_item, load_kv_pair, mask_scores, setup_query_item};
 
 const LN2: f32 = core::f32::consts::LN_2;
 /// How far (log2 units) a row's max may outgrow the max its sums are kept against before O and
@@ -69,8 +69,7 @@ pub unsafe fn attn_fwd<
         unsafe { wait_group::<0>() }; // no copy may outlive the CTA
     } else {
         unsafe {
-            load_kv::<D>(ctx_end, false, s_k, bn, threads, cur, valid_chunks, tid);
-            load_kv::<D>(ctx_end, true, s_k + 2 * tile_bytes, bn, threads, cur, valid_chunks, tid);
+            load_kv_pair::<D>(ctx_end, s_k, 0, tile_bytes, bn, threads, cur, valid_chunks, tid);
             commit();
         }
     }
@@ -90,17 +89,7 @@ pub unsafe fn attn_fwd<
         let s_vb = s_kb + 2 * tile_bytes;
         let ln = lanes(rb, row0, lane);
 
-        unsafe { wait_group::<0>() }; // this tile's K and V (and Q) have landed, for this thread
-        bar_sync(); // ... for all threads, and all are done with the other buffers
-        let next = unsafe { next_tile(ctx_a, ctx, n, tid) };
-        unsafe {
-            if next >= 0 {
-                let kb = s_q + (BM as u32) * rb + (1 - buf) * tile_bytes;
-                load_kv::<D>(ctx_a, false, kb, bn, threads, next, valid_chunks, tid);
-                load_kv::<D>(ctx_a, true, kb + 2 * tile_bytes, bn, threads, next, valid_chunks, tid);
-            }
-            commit(); // possibly empty: keeps the group count uniform
-        }
+        let next = unsafe { advance_kv::<D>(ctx_a, ctx, s_q + (BM as u32) * rb, n, tile_bytes, bn, threads, valid_chunks, tid) };
 
         let mut s = a_bt::<E, D, DK, MT, NT>(s_q, s_kb, ln);
         unsafe { mask_scores::<MT, NT>(&mut s, ctx_a, windows_a, cur, row0, lane) };

@@ -8,7 +8,7 @@ use core::mem::offset_of;
 
 use attn_common::{BLK, FwdParams, HeadRule, KIND_BLOCK_SPARSE, RowSpan, RowWindow, SeqInfo, Strides, TileWalk, WorkItem, row_window};
 
-use crate::arch::cp_async::commit;
+use crate::arch::cp_async::{commit, wait_group};
 use crate::arch::smem::{ld_shared_u32, ld_shared_u64};
 use crate::arch::sync::{bar_sync, block_idx};
 use crate::gemm::Acc;
@@ -223,5 +223,34 @@ pub unsafe fn mask_scores<const MT: usize, const NT: usize>(s: &mut Acc<MT, NT>,
                 }
             }
         }
+    }
+}
+
+/// Issues the K and V copies of the key tile at `j0` into buffer `buf` of a double-buffered
+/// K/V area at `kv` (K 0, K 1, V 0, V 1; `tile_bytes` each).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn load_kv_pair<const D: usize>(ctx_a: u32, kv: u32, buf: u32, tile_bytes: u32, bn: i32, threads: u32, j0: i32, valid_chunks: u32, tid: u32) {
+    unsafe {
+        load_kv::<D>(ctx_a, false, kv + buf * tile_bytes, bn, threads, j0, valid_chunks, tid);
+        load_kv::<D>(ctx_a, true, kv + (2 + buf) * tile_bytes, bn, threads, j0, valid_chunks, tid);
+    }
+}
+
+/// The top of iteration `n` of a key-tile loop: waits until this tile's copies have landed for
+/// every thread (which also frees the other buffers), then issues the next tile's copies into
+/// them. Returns the next tile (-1 when none).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn advance_kv<const D: usize>(ctx_a: u32, ctx: *mut ItemCtx, kv: u32, n: u32, tile_bytes: u32, bn: i32, threads: u32, valid_chunks: u32, tid: u32) -> i32 {
+    unsafe {
+        wait_group::<0>();
+        bar_sync();
+        let next = next_tile(ctx_a, ctx, n, tid);
+        if next >= 0 {
+            load_kv_pair::<D>(ctx_a, kv, 1 - n % 2, tile_bytes, bn, threads, next, valid_chunks, tid);
+        }
+        commit(); // possibly empty: keeps the group count uniform
+        next
     }
 }

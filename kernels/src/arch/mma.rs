@@ -22,26 +22,33 @@ pub trait Element {
 pub struct Bf16;
 pub struct F16;
 
+/// `mma.sync.aligned.m16n8k16.row.col.f32.$t.$t.f32` and `cvt.rn.$t x2.f32` for one 16-bit type.
+macro_rules! mma_and_pack {
+    ($t:literal) => {
+        #[inline(always)]
+        fn mma(d: &mut [f32; 4], a: [u32; 4], b: [u32; 2]) {
+            unsafe {
+                asm!(concat!("mma.sync.aligned.m16n8k16.row.col.f32.", $t, ".", $t, ".f32 {{{0},{1},{2},{3}}}, {{{4},{5},{6},{7}}}, {{{8},{9}}}, {{{0},{1},{2},{3}}};"),
+                     inout(reg32) d[0], inout(reg32) d[1], inout(reg32) d[2], inout(reg32) d[3],
+                     in(reg32) a[0], in(reg32) a[1], in(reg32) a[2], in(reg32) a[3],
+                     in(reg32) b[0], in(reg32) b[1], options(nomem, nostack));
+            }
+        }
+        /// `cvt.rn.<t>x2.f32 d, hi, lo` (PTX puts its first source in the high half).
+        #[inline(always)]
+        fn pack2(lo: f32, hi: f32) -> u32 {
+            let r: u32;
+            unsafe {
+                asm!(concat!("cvt.rn.", $t, "x2.f32 {0}, {1}, {2};"), out(reg32) r, in(reg32) hi, in(reg32) lo,
+                     options(pure, nomem, nostack));
+            }
+            r
+        }
+    };
+}
+
 impl Element for Bf16 {
-    #[inline(always)]
-    fn mma(d: &mut [f32; 4], a: [u32; 4], b: [u32; 2]) {
-        unsafe {
-            asm!("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {{{0},{1},{2},{3}}}, {{{4},{5},{6},{7}}}, {{{8},{9}}}, {{{0},{1},{2},{3}}};",
-                 inout(reg32) d[0], inout(reg32) d[1], inout(reg32) d[2], inout(reg32) d[3],
-                 in(reg32) a[0], in(reg32) a[1], in(reg32) a[2], in(reg32) a[3],
-                 in(reg32) b[0], in(reg32) b[1], options(nomem, nostack));
-        }
-    }
-    /// `cvt.rn.bf16x2.f32 d, hi, lo` (PTX puts its first source in the high half).
-    #[inline(always)]
-    fn pack2(lo: f32, hi: f32) -> u32 {
-        let r: u32;
-        unsafe {
-            asm!("cvt.rn.bf16x2.f32 {0}, {1}, {2};", out(reg32) r, in(reg32) hi, in(reg32) lo,
-                 options(pure, nomem, nostack));
-        }
-        r
-    }
+    mma_and_pack!("bf16");
     /// bf16 is the top half of an f32: widening is a shift.
     #[inline(always)]
     fn unpack2(x: u32) -> (f32, f32) {
@@ -50,25 +57,7 @@ impl Element for Bf16 {
 }
 
 impl Element for F16 {
-    #[inline(always)]
-    fn mma(d: &mut [f32; 4], a: [u32; 4], b: [u32; 2]) {
-        unsafe {
-            asm!("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {{{0},{1},{2},{3}}}, {{{4},{5},{6},{7}}}, {{{8},{9}}}, {{{0},{1},{2},{3}}};",
-                 inout(reg32) d[0], inout(reg32) d[1], inout(reg32) d[2], inout(reg32) d[3],
-                 in(reg32) a[0], in(reg32) a[1], in(reg32) a[2], in(reg32) a[3],
-                 in(reg32) b[0], in(reg32) b[1], options(nomem, nostack));
-        }
-    }
-    /// `cvt.rn.f16x2.f32 d, hi, lo` (PTX puts its first source in the high half).
-    #[inline(always)]
-    fn pack2(lo: f32, hi: f32) -> u32 {
-        let r: u32;
-        unsafe {
-            asm!("cvt.rn.f16x2.f32 {0}, {1}, {2};", out(reg32) r, in(reg32) hi, in(reg32) lo,
-                 options(pure, nomem, nostack));
-        }
-        r
-    }
+    mma_and_pack!("f16");
     /// `mov.b32 {lo, hi}` then `cvt.f32.f16` on each half.
     #[inline(always)]
     fn unpack2(x: u32) -> (f32, f32) {
