@@ -7,12 +7,25 @@ pub enum HeadPattern {
     /// Every key.
     Dense,
     /// The key blocks set in slice `mask` of the block mask.
-    BlockSparse { mask: u32 },
+    BlockSparse {
+        /// The mask slice (second dimension of the block mask) this head reads.
+        mask: u32,
+    },
     /// The first `sink_blocks` key blocks and the `local_blocks` blocks ending at the query's
     /// diagonal block.
-    BlockStreaming { sink_blocks: u32, local_blocks: u32 },
+    BlockStreaming {
+        /// Leading key blocks every query sees.
+        sink_blocks: u32,
+        /// Key blocks ending at (and including) the query's diagonal block.
+        local_blocks: u32,
+    },
     /// The first `sink_tokens` keys and the `local_tokens` keys ending at the query's own position.
-    TokenStreaming { sink_tokens: u32, local_tokens: u32 },
+    TokenStreaming {
+        /// Leading keys every query sees.
+        sink_tokens: u32,
+        /// Keys ending at (and including) the query's own position.
+        local_tokens: u32,
+    },
 }
 
 impl HeadPattern {

@@ -16,31 +16,51 @@ pub const MAX_HEAD_DIM: usize = 128;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SeqLayout {
     /// `q`: `[batch, seqlen_q, H, D]`; `k`, `v`: `[batch, seqlen_k, Hkv, D]`.
-    Batched { batch: usize, seqlen_q: usize, seqlen_k: usize },
+    Batched {
+        /// Sequences.
+        batch: usize,
+        /// Queries per sequence.
+        seqlen_q: usize,
+        /// Keys per sequence.
+        seqlen_k: usize,
+    },
     /// `q`: `[total_q, H, D]`; `k`, `v`: `[total_k, Hkv, D]`; sequence `b` owns rows
     /// `cu[b]..cu[b + 1]`.
-    VarLen { cu_seqlens_q: Vec<i32>, cu_seqlens_k: Vec<i32> },
+    VarLen {
+        /// Query row offsets, `batch + 1` entries from 0, non-decreasing.
+        cu_seqlens_q: Vec<i32>,
+        /// Key row offsets, `batch + 1` entries from 0, non-decreasing.
+        cu_seqlens_k: Vec<i32>,
+    },
 }
 
 /// Shape of the block mask `[batch (1 or B), n_masks, ceil(max Sq / 128), ceil(max Sk / 128)]`, `u8`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MaskShape {
+    /// 1 (one mask for every sequence) or the batch size.
     pub batch: usize,
+    /// Mask slices, which `HeadPattern::BlockSparse { mask }` indexes.
     pub n_masks: usize,
 }
 
 /// One attention call's shape and options.
 #[derive(Clone, Debug, PartialEq)]
 pub struct AttentionSpec {
+    /// Batched or variable-length sequences.
     pub layout: SeqLayout,
+    /// Query heads `H`.
     pub heads_q: usize,
+    /// Key/value heads `Hkv`; must divide `heads_q` (GQA/MQA when smaller).
     pub heads_kv: usize,
+    /// Head dimension `D`: a multiple of 8, at most 128.
     pub head_dim: usize,
+    /// Remove every key after the query's bottom-right aligned position, for every pattern.
     pub causal: bool,
     /// Defaults to `1 / sqrt(head_dim)`.
     pub softmax_scale: Option<f32>,
     /// One per query head.
     pub patterns: Vec<HeadPattern>,
+    /// Shape of the block mask; needed when any head is block-sparse.
     pub mask: Option<MaskShape>,
 }
 
@@ -73,27 +93,33 @@ impl AttentionSpec {
         }
     }
 
+    /// Sets `causal`.
     pub fn with_causal(mut self, causal: bool) -> Self {
         self.causal = causal;
         self
     }
+    /// One pattern per query head.
     pub fn with_patterns(mut self, patterns: Vec<HeadPattern>) -> Self {
         self.patterns = patterns;
         self
     }
+    /// The same pattern for every query head.
     pub fn with_pattern_all(mut self, pattern: HeadPattern) -> Self {
         self.patterns = vec![pattern; self.heads_q];
         self
     }
+    /// Scale of the scores before the softmax (default `1 / sqrt(head_dim)`).
     pub fn with_softmax_scale(mut self, scale: f32) -> Self {
         self.softmax_scale = Some(scale);
         self
     }
+    /// Declares a block mask of shape `[batch (1 or B), n_masks, ceil(Sq / 128), ceil(Sk / 128)]`.
     pub fn with_block_mask(mut self, batch: usize, n_masks: usize) -> Self {
         self.mask = Some(MaskShape { batch, n_masks });
         self
     }
 
+    /// Number of sequences.
     pub fn batch(&self) -> usize {
         match &self.layout {
             SeqLayout::Batched { batch, .. } => *batch,
@@ -101,6 +127,7 @@ impl AttentionSpec {
         }
     }
 
+    /// Whether the layout is variable-length.
     pub fn is_varlen(&self) -> bool {
         matches!(self.layout, SeqLayout::VarLen { .. })
     }
@@ -117,9 +144,11 @@ impl AttentionSpec {
         }
     }
 
+    /// Longest query sequence.
     pub fn max_seqlen_q(&self) -> usize {
         (0..self.batch()).map(|b| self.seq(b).q_len as usize).max().unwrap_or(0)
     }
+    /// Longest key sequence.
     pub fn max_seqlen_k(&self) -> usize {
         (0..self.batch()).map(|b| self.seq(b).k_len as usize).max().unwrap_or(0)
     }
@@ -130,15 +159,18 @@ impl AttentionSpec {
             SeqLayout::VarLen { cu_seqlens_q, .. } => *cu_seqlens_q.last().unwrap_or(&0) as usize,
         }
     }
+    /// Rows of the token dimension of `k`/`v` (`batch * seqlen_k`, or `total_k`).
     pub fn total_k(&self) -> usize {
         match &self.layout {
             SeqLayout::Batched { batch, seqlen_k, .. } => batch * seqlen_k,
             SeqLayout::VarLen { cu_seqlens_k, .. } => *cu_seqlens_k.last().unwrap_or(&0) as usize,
         }
     }
+    /// Query blocks of the block mask, `ceil(max Sq / 128)`.
     pub fn mask_q_blocks(&self) -> usize {
         self.max_seqlen_q().div_ceil(BLOCK)
     }
+    /// Key blocks of the block mask, `ceil(max Sk / 128)`.
     pub fn mask_k_blocks(&self) -> usize {
         self.max_seqlen_k().div_ceil(BLOCK)
     }
@@ -146,6 +178,7 @@ impl AttentionSpec {
     pub fn mask_len(&self) -> usize {
         self.mask.map_or(0, |m| m.batch * m.n_masks * self.mask_q_blocks() * self.mask_k_blocks())
     }
+    /// The softmax scale in use.
     pub fn scale(&self) -> f32 {
         self.softmax_scale.unwrap_or(1.0 / (self.head_dim as f32).sqrt())
     }
@@ -154,13 +187,15 @@ impl AttentionSpec {
         self.heads_q / self.heads_kv
     }
 
-    /// Elements of contiguous `q`/`o` and `k`/`v`, and of `lse`.
+    /// Elements of contiguous `q`/`o`.
     pub fn q_len(&self) -> usize {
         self.total_q() * self.heads_q * self.head_dim
     }
+    /// Elements of contiguous `k`/`v`.
     pub fn kv_len(&self) -> usize {
         self.total_k() * self.heads_kv * self.head_dim
     }
+    /// Elements of `lse`.
     pub fn lse_len(&self) -> usize {
         self.total_q() * self.heads_q
     }

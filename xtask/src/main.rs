@@ -2,6 +2,10 @@
 //!
 //!   cargo xtask ptx [--ptxas PATH]   build both PTX modules, run ptxas -v, fail on spills/stack in attn_*
 //!   cargo xtask bundle               copy release test binaries, examples and bins into bundle/
+//!   cargo xtask bench                a bundle/ with attn-bench, peers.py and bench.sh (runs every benchmark on the GPU)
+//!   cargo xtask bench-report DIR     DIR/table.md and PNG charts from the JSON lines that bench.sh wrote
+mod report;
+
 use serde_json::Value;
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -10,7 +14,7 @@ use std::{
     process::{Command, ExitCode, Stdio},
 };
 
-const USAGE: &str = "usage: cargo xtask ptx [--ptxas PATH] | cargo xtask bundle";
+const USAGE: &str = "usage: cargo xtask ptx [--ptxas PATH] | cargo xtask bundle | cargo xtask bench | cargo xtask bench-report DIR";
 /// Must match host/build.rs: the host embeds one module per architecture.
 const ARCHS: [&str; 2] = ["sm_80", "sm_90a"];
 /// 13.0 is the CUDA version of the device machines' driver (580), so its ptxas judges what they will JIT.
@@ -27,6 +31,8 @@ fn main() -> ExitCode {
         ["ptx", "--ptxas", p] => ptx(Some(PathBuf::from(p))),
         ["ptx", a] if a.starts_with("--ptxas=") => ptx(Some(PathBuf::from(&a["--ptxas=".len()..]))),
         ["bundle"] => bundle(),
+        ["bench"] => bench(),
+        ["bench-report", dir] => report::bench_report(Path::new(dir)),
         _ => Err(USAGE.into()),
     };
     match res {
@@ -250,11 +256,7 @@ fn bundle() -> Result {
         a["target"]["kind"].as_array().is_some_and(|k| k.iter().any(|k| k == "bin" || k == "example"))
     })?;
 
-    let dir = root.join("bundle");
-    match fs::remove_dir_all(&dir) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(format!("{}: {e}", dir.display())),
-        _ => {}
-    }
+    let dir = fresh_bundle_dir(&root)?;
     let mut names = vec![];
     for (sub, exes) in [("tests", &tests), ("bin", &others)] {
         for (kind, exe) in exes {
@@ -292,16 +294,88 @@ echo "all ${{#tests[@]}} test binaries passed"
     fs::write(&run_sh, script).map_err(|e| format!("{}: {e}", run_sh.display()))?;
     run(Command::new("chmod").arg("+x").arg(&run_sh))?;
 
-    let (count, bytes) = dir_size(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    println!(
-        "bundle/: {} test binaries, {} examples/bins, {count} files, {:.1} MiB",
-        names.len(),
-        others.len(),
-        bytes as f64 / (1 << 20) as f64
-    );
+    check_size(&dir, &format!("{} test binaries, {} examples/bins", names.len(), others.len()))
+}
+
+/// An empty bundle/ (a previous one is removed).
+fn fresh_bundle_dir(root: &Path) -> Result<PathBuf> {
+    let dir = root.join("bundle");
+    match fs::remove_dir_all(&dir) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(format!("{}: {e}", dir.display())),
+        _ => {}
+    }
+    Ok(dir)
+}
+
+/// Prints what bundle/ holds and fails if it is too large to carry to the device machine.
+fn check_size(dir: &Path, what: &str) -> Result {
+    let (count, bytes) = dir_size(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    println!("bundle/: {what}, {count} files, {:.1} MiB", bytes as f64 / (1 << 20) as f64);
     if bytes > BUNDLE_LIMIT {
         return Err(format!("bundle/ is {bytes} bytes, over the {BUNDLE_LIMIT}-byte device transfer limit"));
     }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// bench
+
+/// What bundle/bench.sh does; `cargo xtask bench` writes it next to the binaries.
+const BENCH_SH: &str = r#"#!/usr/bin/env bash
+# Written by `cargo xtask bench`. Times our kernels (bin/attn-bench) and the peers (peers.py: PyTorch
+# SDPA flash and cuDNN, FlexAttention) on the same workloads, lengths and masks, on GPU 0:
+#
+#   bench.sh [DIR] [ARGS...]
+#
+# writes DIR/results/ours.jsonl, DIR/results/peers.jsonl and their logs (DIR defaults to
+# bench-results). ARGS go to both programs: --lens 1024,2048 --causal true|false|both --iters N
+# --only SUBSTR (default: every workload, S from 1k to 128k, both causal modes, 20 iterations).
+# OURS=0 or PEERS=0 skips one side; PYTHON names the interpreter that has torch (default python3).
+# Then, on any machine: cargo xtask bench-report DIR (reads every *.jsonl under DIR).
+set -uo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+case "${1:-}" in
+  "" | -*) dir=bench-results ;;   # no DIR: the arguments are all for the programs
+  *) dir="$1"; shift ;;
+esac
+mkdir -p "$dir/results"
+# attn-bench writes the workloads and their block masks here; peers.py reads the same files.
+masks="$(mktemp -d "${TMPDIR:-/tmp}/attn-bench-masks.XXXXXX")"
+trap 'rm -rf "$masks"' EXIT
+nvidia-smi > "$dir/results/nvidia-smi.txt" 2>&1 || true
+failed=0
+"$here/bin/attn-bench" --dump-masks "$masks" --dump-only "$@" || failed=1
+if [ "${OURS:-1}" != 0 ]; then
+  "$here/bin/attn-bench" --json "$dir/results/ours.jsonl" "$@" 2>&1 | tee "$dir/results/ours.log" || failed=1
+fi
+if [ "${PEERS:-1}" != 0 ]; then
+  PYTHONUNBUFFERED=1 "${PYTHON:-python3}" "$here/peers.py" --masks "$masks" --json "$dir/results/peers.jsonl" "$@" 2>&1 \
+    | tee "$dir/results/peers.log" || failed=1
+fi
+echo "results in $dir/results (bench.sh: $([ $failed = 0 ] && echo ok || echo 'a step failed'))"
+exit $failed
+"#;
+
+/// A bundle/ with what a benchmark run needs on the GPU machine: bin/attn-bench, peers.py (and its
+/// CPU check) and bench.sh. Only attn-bench is built: every binary embeds both PTX modules (about
+/// 6 MiB each), and the full bundle no longer fits the device transfer limit beside anything else.
+fn bench() -> Result {
+    let root = root();
+    let bins = executables(&root, "build", &["--release", "--package", "attn-bench"], &["--bins"], |a| {
+        a["target"]["kind"].as_array().is_some_and(|k| k.iter().any(|k| k == "bin"))
+    })?;
+    let dir = fresh_bundle_dir(&root)?;
+    for (_, exe) in &bins {
+        copy_stripped(exe, &dir.join("bin").join(exe.file_name().unwrap()))?;
+    }
+    for file in ["peers.py", "check_peers.py"] {
+        fs::copy(root.join("benches").join(file), dir.join(file)).map_err(|e| format!("copying benches/{file}: {e}"))?;
+    }
+    let script = dir.join("bench.sh");
+    fs::write(&script, BENCH_SH).map_err(|e| format!("{}: {e}", script.display()))?;
+    run(Command::new("chmod").arg("+x").arg(&script))?;
+    check_size(&dir, "attn-bench, peers.py, bench.sh")?;
+    println!("on the GPU machine: bundle/bench.sh DIR [ARGS]; then here: cargo xtask bench-report DIR");
     Ok(())
 }
 
