@@ -1,4 +1,5 @@
-//! Builds the `no_std` kernels crate twice (sm_80 and sm_90a) and embeds both PTX modules.
+//! Builds the `no_std` kernels crate twice (sm_80 and sm_90a) and embeds both PTX modules
+//! (deflated: every binary that links the library carries them).
 //!
 //! The nested cargo runs with a cleared environment: the outer cargo exports RUSTC,
 //! RUSTUP_TOOLCHAIN and CARGO_ENCODED_RUSTFLAGS, which would pick the wrong toolchain or silently
@@ -41,6 +42,7 @@ fn main() {
         let ptx = fs::read_to_string(&ptx_path).expect("kernels.ptx missing");
         let target_line = ptx.lines().find(|l| l.starts_with(".target")).unwrap_or("");
         assert_eq!(target_line.trim(), format!(".target {arch}"), "{} was built for the wrong architecture", ptx_path.display());
-        fs::write(out.join(format!("kernels_{arch}.ptx")), ptx).unwrap();
+        fs::write(out.join(format!("kernels_{arch}.ptx.deflate")), miniz_oxide::deflate::compress_to_vec(ptx.as_bytes(), 8)).unwrap();
+        fs::write(out.join(format!("kernels_{arch}.ptx")), ptx).unwrap(); // for inspection
     }
 }

@@ -7,9 +7,19 @@ use cudarc::nvrtc::Ptx;
 
 use crate::error::{Error, Result};
 
-/// The embedded PTX modules (built by `build.rs` from the `kernels` crate).
-pub const PTX_SM80: &str = include_str!(concat!(env!("OUT_DIR"), "/kernels_sm_80.ptx"));
-pub const PTX_SM90A: &str = include_str!(concat!(env!("OUT_DIR"), "/kernels_sm_90a.ptx"));
+/// The embedded PTX modules (built by `build.rs` from the `kernels` crate), deflated.
+const PTX_SM80_DEFLATED: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kernels_sm_80.ptx.deflate"));
+const PTX_SM90A_DEFLATED: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kernels_sm_90a.ptx.deflate"));
+
+/// The PTX text of a kernel path's module.
+pub fn ptx(path: KernelPath) -> String {
+    let deflated = match path {
+        KernelPath::Portable => PTX_SM80_DEFLATED,
+        KernelPath::Hopper => PTX_SM90A_DEFLATED,
+    };
+    let bytes = miniz_oxide::inflate::decompress_to_vec(deflated).expect("the embedded PTX was deflated by build.rs");
+    String::from_utf8(bytes).expect("PTX is ASCII")
+}
 
 /// Which kernel path a device runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -97,13 +107,14 @@ impl Device {
             None if hopper_ok => KernelPath::Hopper,
             None => KernelPath::Portable,
         };
-        let (arch, ptx) = match path {
-            KernelPath::Hopper => ("sm_90a", PTX_SM90A),
-            KernelPath::Portable => ("sm_80", PTX_SM80),
+        let arch = match path {
+            KernelPath::Hopper => "sm_90a",
+            KernelPath::Portable => "sm_80",
         };
-        let module = match ctx.load_module(Ptx::from_src(ptx)) {
+        let text = ptx(path);
+        let module = match ctx.load_module(Ptx::from_src(text.clone())) {
             Ok(m) => m,
-            Err(_) => return Err(Error::PtxJit { arch, log: jit_log(ptx) }),
+            Err(_) => return Err(Error::PtxJit { arch, log: jit_log(&text) }),
         };
         let max_smem = ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?;
         let mut fwd = Vec::new();
@@ -224,4 +235,31 @@ fn jit_log(ptx: &str) -> String {
     }
     let text = String::from_utf8_lossy(&log);
     format!("{r:?}: {}", text.trim_end_matches('\0').trim())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Both embedded modules inflate, target their architecture and export every entry the
+    /// host loads.
+    #[test]
+    fn embedded_modules_have_every_entry() {
+        for (path, target) in [(KernelPath::Portable, ".target sm_80"), (KernelPath::Hopper, ".target sm_90a")] {
+            let text = ptx(path);
+            assert!(text.lines().any(|l| l.trim() == target), "{path:?}: no `{target}` line");
+            let mut names = vec!["compact_block_mask".to_string()];
+            for dtype in ["bf16", "f16"] {
+                for (d, _, _) in FWD_HEAD_DIMS {
+                    names.push(format!("attn_fwd_{dtype}_d{d}"));
+                    for k in ["dsum", "dq", "dkdv"] {
+                        names.push(format!("attn_bwd_{k}_{dtype}_d{d}"));
+                    }
+                }
+            }
+            for n in names {
+                assert!(text.contains(&format!(".entry {n}(")), "{path:?}: entry {n} missing");
+            }
+        }
+    }
 }
