@@ -13,8 +13,11 @@ use crate::spec::AttentionSpec;
 pub trait Element: DeviceRepr + ValidAsZeroBits + Copy + Default + Send + Sync + 'static {
     /// Index into the kernel table (0 = bf16, 1 = f16).
     const KERNEL: usize;
+    /// "bf16" or "f16".
     const NAME: &'static str;
+    /// The value, exactly.
     fn to_f64(self) -> f64;
+    /// `x` rounded to nearest.
     fn from_f64(x: f64) -> Self;
     /// `x` rounded to this type (what storing it as this type does).
     fn round(x: f64) -> f64 {
@@ -59,13 +62,17 @@ fn words<T: Copy>(v: &[T]) -> Vec<u32> {
 /// A tensor argument: a device buffer and its `(batch, token, head)` strides in elements
 /// (the last dimension is contiguous).
 pub struct TensorArg<'a, T> {
+    /// The buffer; element (b, t, h, d) is at `b * batch + t * token + h * head + d`.
     pub data: &'a CudaSlice<T>,
+    /// Outer strides in elements, multiples of 8.
     pub strides: Strides,
 }
 
 /// The output tensor argument.
 pub struct TensorArgMut<'a, T> {
+    /// The buffer, addressed as in [`TensorArg`].
     pub data: &'a mut CudaSlice<T>,
+    /// Outer strides in elements, multiples of 8.
     pub strides: Strides,
 }
 
@@ -140,6 +147,7 @@ impl Attention {
         })
     }
 
+    /// The validated shape this plan serves.
     pub fn spec(&self) -> &AttentionSpec {
         &self.spec
     }

@@ -8,7 +8,9 @@ use crate::spec::AttentionSpec;
 
 /// Outputs of the CPU backend: `o` in the input type, `lse` in `f32`.
 pub struct CpuOutput<T> {
+    /// Laid out like `q`.
     pub o: Vec<T>,
+    /// `[B, H, Sq]`, or `[H, total_q]` for variable length.
     pub lse: Vec<f32>,
 }
 
@@ -46,8 +48,11 @@ fn check_host_len(_spec: &AttentionSpec, name: &'static str, got: usize, need: u
 
 /// Gradients of the CPU backend, in the input type.
 pub struct CpuGrads<T> {
+    /// Laid out like `q`.
     pub dq: Vec<T>,
+    /// Laid out like `k`.
     pub dk: Vec<T>,
+    /// Laid out like `v`.
     pub dv: Vec<T>,
 }
 

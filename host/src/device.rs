@@ -157,6 +157,7 @@ impl Device {
         Ok(())
     }
 
+    /// The CUDA context the kernels are loaded in.
     pub fn context(&self) -> &Arc<CudaContext> {
         &self.ctx
     }
@@ -164,12 +165,15 @@ impl Device {
     pub fn default_stream(&self) -> Arc<CudaStream> {
         self.ctx.default_stream()
     }
+    /// Compute capability (major, minor).
     pub fn capability(&self) -> (i32, i32) {
         self.capability
     }
+    /// The kernel module in use.
     pub fn path(&self) -> KernelPath {
         self.path
     }
+    /// Streaming multiprocessors.
     pub fn sm_count(&self) -> u32 {
         self.sm_count
     }

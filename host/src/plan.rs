@@ -11,12 +11,16 @@ use crate::spec::{AttentionSpec, BLOCK};
 /// ascending order (`lists[row * k_blocks ..][..counts[row]]`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CompactMask {
+    /// `k_blocks` slots per mask row.
     pub lists: Vec<i32>,
+    /// Set blocks per mask row.
     pub counts: Vec<i32>,
+    /// Slots per row: `ceil(max Sk / 128)`.
     pub k_blocks: usize,
 }
 
 impl CompactMask {
+    /// The set key blocks of mask row `row`.
     pub fn row(&self, row: usize) -> &[i32] {
         &self.lists[row * self.k_blocks..][..self.counts[row] as usize]
     }
@@ -51,12 +55,16 @@ pub fn compact_mask(spec: &AttentionSpec, mask: &[u8]) -> Result<CompactMask> {
 /// (`lists[col * q_blocks ..][..counts[col]]`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TransposedMask {
+    /// `q_blocks` slots per mask column.
     pub lists: Vec<i32>,
+    /// Set blocks per mask column.
     pub counts: Vec<i32>,
+    /// Slots per column: `ceil(max Sq / 128)`.
     pub q_blocks: usize,
 }
 
 impl TransposedMask {
+    /// The set query blocks of mask column `col`.
     pub fn col(&self, col: usize) -> &[i32] {
         &self.lists[col * self.q_blocks..][..self.counts[col] as usize]
     }
@@ -91,6 +99,7 @@ pub fn compact_mask_transposed(spec: &AttentionSpec, mask: &[u8]) -> Result<Tran
     Ok(TransposedMask { lists, counts, q_blocks: nq })
 }
 
+/// Checks that a block mask of `got` elements has the spec's mask shape.
 pub fn check_mask_len(spec: &AttentionSpec, got: usize) -> Result<()> {
     let m = spec.mask.expect("check_mask_len needs a mask shape");
     let expected = spec.mask_len();

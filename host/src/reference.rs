@@ -9,7 +9,9 @@ use crate::spec::{AttentionSpec, BLOCK};
 /// `[H, total_q]`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Output {
+    /// Laid out like `q`.
     pub o: Vec<f64>,
+    /// `[B, H, Sq]`, or `[H, total_q]`.
     pub lse: Vec<f64>,
 }
 
@@ -47,12 +49,15 @@ pub fn visible(spec: &AttentionSpec, mask: Option<&[u8]>, b: usize, h: usize, i:
 /// How intermediate values are rounded: `f64` exactly, or to the inputs' 16-bit type.
 pub type Rounding = fn(f64) -> f64;
 
+/// No rounding: the `f64` computation.
 pub fn exact(x: f64) -> f64 {
     x
 }
+/// `x` rounded to bf16.
 pub fn round_bf16(x: f64) -> f64 {
     half::bf16::from_f64(x).to_f64()
 }
+/// `x` rounded to f16.
 pub fn round_f16(x: f64) -> f64 {
     half::f16::from_f64(x).to_f64()
 }
@@ -115,8 +120,11 @@ pub fn forward_rounded(spec: &AttentionSpec, q: &[f64], k: &[f64], v: &[f64], ma
 /// `k` and `v`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Grads {
+    /// Laid out like `q`.
     pub dq: Vec<f64>,
+    /// Laid out like `k`.
     pub dk: Vec<f64>,
+    /// Laid out like `v`.
     pub dv: Vec<f64>,
 }
 
