@@ -23,7 +23,7 @@ use crate::arch::mma::Element;
 use crate::arch::smem::{dynamic_smem, ld_shared_u32, smem_u32};
 use crate::arch::sync::{bar_sync, block_idx, opaque, thread_idx};
 use crate::gemm::{Acc, a_bt, lanes, p_b, pack_a, packed_b};
-use crate::item::{BM, ItemCtx, RowTile, advance_kv, ctx_i32, elem_offset, load_item, load_kv_pair, mask_scores, setup_query_item};
+use crate::item::{BM, ItemCtx, RowTile, advance_kv, ctx_i32, elem_offset, load_item, mask_scores, setup_query_item, start_kv};
 use crate::tiles::load_tile;
 
 const LOG2E: f32 = core::f32::consts::LOG2_E;
@@ -135,14 +135,7 @@ pub unsafe fn bwd_dq<E: Element, const D: usize, const DN: usize, const DK: usiz
     let mut dq: Acc<MT, DN> = unsafe { core::mem::zeroed() };
     let s_kv = s_q + 2 * (BM as u32) * rb; // K buffers 0, 1, then V buffers 0, 1
     let ctx_end = s_q + tiles_bytes as u32;
-    if cur < 0 {
-        unsafe { wait_group::<0>() }; // no copy may outlive the CTA
-    } else {
-        unsafe {
-            load_kv_pair::<D>(ctx_end, s_kv, 0, tile_bytes, bn, threads, cur, valid_chunks, tid);
-            commit();
-        }
-    }
+    unsafe { start_kv::<D>(ctx_end, s_kv, tile_bytes, bn, threads, cur, valid_chunks, tid) };
     let mut n = 0u32;
     while cur >= 0 {
         let tid = opaque(tid);

@@ -16,13 +16,12 @@
 //! item and re-read after barriers.
 use attn_common::{FWD_CTX_BYTES, FwdParams, RowWindow};
 
-use crate::arch::cp_async::{commit, wait_group};
 use crate::arch::math::{exp2, fma, log2};
 use crate::arch::mma::Element;
 use crate::arch::smem::{dynamic_smem, smem_u32};
 use crate::arch::sync::{opaque, shfl_xor, thread_idx, vote_any};
 use crate::gemm::{Acc, a_bt, lanes, p_b};
-use crate::item::{BM, ItemCtx, RowTile, advance_kv, elem_offset, load_item, load_kv_pair, mask_scores, setup_query_item};
+use crate::item::{BM, ItemCtx, RowTile, advance_kv, elem_offset, load_item, mask_scores, setup_query_item, start_kv};
 
 const LN2: f32 = core::f32::consts::LN_2;
 /// How far (log2 units) a row's max may outgrow the max its sums are kept against before O and
@@ -65,14 +64,7 @@ pub unsafe fn attn_fwd<
     let mut l = [[0.0f32; 2]; MT];
 
     let ctx_end = s_q + tiles_bytes as u32;
-    if cur < 0 {
-        unsafe { wait_group::<0>() }; // no copy may outlive the CTA
-    } else {
-        unsafe {
-            load_kv_pair::<D>(ctx_end, s_k, 0, tile_bytes, bn, threads, cur, valid_chunks, tid);
-            commit();
-        }
-    }
+    unsafe { start_kv::<D>(ctx_end, s_k, tile_bytes, bn, threads, cur, valid_chunks, tid) };
     let mut n = 0u32;
     while cur >= 0 {
         // Re-derived each iteration so that the compiler recomputes the cheap per-fragment

@@ -254,3 +254,18 @@ pub unsafe fn advance_kv<const D: usize>(ctx_a: u32, ctx: *mut ItemCtx, kv: u32,
         next
     }
 }
+
+/// Before the key-tile loop: issues the first tile's K/V copies into buffer 0, or, when there is
+/// no tile, waits for the row copies already issued (no copy may outlive the CTA).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn start_kv<const D: usize>(ctx_a: u32, kv: u32, tile_bytes: u32, bn: i32, threads: u32, first: i32, valid_chunks: u32, tid: u32) {
+    unsafe {
+        if first < 0 {
+            wait_group::<0>();
+        } else {
+            load_kv_pair::<D>(ctx_a, kv, 0, tile_bytes, bn, threads, first, valid_chunks, tid);
+            commit();
+        }
+    }
+}
