@@ -357,8 +357,8 @@ exit $failed
 "#;
 
 /// A bundle/ with what a benchmark run needs on the GPU machine: bin/attn-bench, peers.py (and its
-/// CPU check) and bench.sh. Only attn-bench is built: every binary embeds both PTX modules (about
-/// 6 MiB each), and the full bundle no longer fits the device transfer limit beside anything else.
+/// CPU check) and bench.sh. Only attn-bench is built, to keep the transfer small (every binary
+/// embeds both PTX modules); `cargo xtask bundle` carries the tests, the suite and the examples.
 fn bench() -> Result {
     let root = root();
     let bins = executables(&root, "build", &["--release", "--package", "attn-bench"], &["--bins"], |a| {
