@@ -80,7 +80,6 @@ pub struct FwdParams {
     pub block_lists: u64,
     /// `*const i32`, one count per mask row.
     pub block_counts: u64,
-    pub n_items: u32,
     /// Query heads per key/value head (GQA group size).
     pub group: u32,
     /// The real head dimension (a multiple of 8, at most the kernel's).
@@ -93,7 +92,6 @@ pub struct FwdParams {
     pub mask_k_blocks: u32,
     /// `softmax_scale * log2(e)`: scores go straight to the exp2 domain.
     pub scale_log2: f32,
-    pub _pad: u32,
 }
 
 /// Bytes the forward kernels reserve after their tiles for the per-item context (tile walk,
@@ -128,13 +126,11 @@ pub struct BwdParams {
     pub dv_strides: Strides,
     /// `f32`, laid out like `lse`: rowsum(dO ∘ O), written by `bwd_dsum`.
     pub dsum: u64,
-    /// The raw `u8` block mask `[mask_batch, n_masks, q_blocks, k_blocks]` (0 when unused).
-    pub mask: u64,
     /// `*const WorkItem`: `(batch, kv head, key tile of BWD_KEYS keys)`, heaviest first.
     pub kv_items: u64,
-    pub n_kv_items: u32,
     /// `softmax_scale` itself (dQ and dK are scaled by it).
     pub scale: f32,
+    pub _pad: u32,
 }
 
 /// Keys per `bwd_dkdv` CTA (and query rows per query tile it walks).

@@ -268,7 +268,6 @@ impl Attention {
             items: tables[2],
             block_lists: lists.0,
             block_counts: lists.1,
-            n_items: self.n_items,
             group: spec.group() as u32,
             head_dim: spec.head_dim as u32,
             causal: spec.causal as u32,
@@ -277,7 +276,6 @@ impl Attention {
             mask_q_blocks: spec.mask_q_blocks() as u32,
             mask_k_blocks: spec.mask_k_blocks() as u32,
             scale_log2: spec.scale() * std::f32::consts::LOG2_E,
-            _pad: 0,
         }
     }
 
@@ -348,10 +346,9 @@ impl Attention {
             dv: dvp,
             dv_strides: ks,
             dsum: dsp,
-            mask: 0,
             kv_items: kvp,
-            n_kv_items: self.n_kv_items,
             scale: spec.scale(),
+            _pad: 0,
         };
         let d = kernels.head_dim;
         if self.n_items > 0 {

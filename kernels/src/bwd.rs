@@ -35,8 +35,8 @@ fn lse2(lse: f32) -> f32 {
 }
 
 /// Writes the `16 * MT` rows of `acc` of this warp (rows `row0..`, row `r` at global element
-/// offset `row_elem(r)`, only rows `< valid_rows`; columns from chunk `chunk0` on, only chunks
-/// `< valid_chunks`) times `scale`, rounded to `E`.
+/// offset `row_elem(r)`, only rows `< valid_rows`, only chunks `< valid_chunks`) times `scale`,
+/// rounded to `E`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn store_rows<E: Element, const MT: usize, const DN: usize>(
@@ -47,7 +47,6 @@ fn store_rows<E: Element, const MT: usize, const DN: usize>(
     row0: u32,
     lane: u32,
     valid_rows: i32,
-    chunk0: u32,
     valid_chunks: u32,
 ) {
     for (mt, tile) in acc.iter().enumerate() {
@@ -57,8 +56,8 @@ fn store_rows<E: Element, const MT: usize, const DN: usize>(
                 continue;
             }
             let row = base + 2 * row_elem(r) as u64;
-            for (dn, frag) in tile.iter().enumerate() {
-                let chunk = chunk0 + dn as u32;
+            for (chunk, frag) in tile.iter().enumerate() {
+                let chunk = chunk as u32;
                 if chunk < valid_chunks {
                     let v = E::pack2(frag[2 * h] * scale, frag[2 * h + 1] * scale);
                     unsafe { *((row + 2 * (chunk as u64 * 8 + (lane % 4) as u64 * 2)) as *mut u32) = v };
@@ -163,7 +162,7 @@ pub unsafe fn bwd_dq<E: Element, const D: usize, const DN: usize, const DK: usiz
                 }
             }
         }
-        p_b::<E, D, DN, MT, NT>(&mut dq, &s, s_kb, 0, ln);
+        p_b::<E, D, DN, MT, NT>(&mut dq, &s, s_kb, ln);
         cur = next;
         n += 1;
     }
@@ -171,7 +170,7 @@ pub unsafe fn bwd_dq<E: Element, const D: usize, const DN: usize, const DK: usiz
     let (item, seq) = load_item(p, p.items);
     let i0 = item.q_block as i32 * BM;
     let row_elem = |r: i32| elem_offset(&bp.dq_strides, item.batch, seq.q_start + i0 + r, item.head);
-    store_rows::<E, MT, DN>(&dq, bp.scale, bp.dq, row_elem, warp * 16, lane, seq.q_len - i0, 0, valid_chunks);
+    store_rows::<E, MT, DN>(&dq, bp.scale, bp.dq, row_elem, warp * 16, lane, seq.q_len - i0, valid_chunks);
 }
 
 /// The query tiles one `bwd_dkdv` CTA visits, for every head of its group in turn. Thread 0
@@ -302,16 +301,13 @@ unsafe fn load_query_tile<E: Element, const D: usize, const BQ: usize>(bp: &BwdP
 
 /// dK and dV for one 64-key tile of one kv head: 4 warps of 16 keys, query tiles of `8 * NT`
 /// rows (32 at D = 128, where dK, dV, Sᵀ and dPᵀ of 64-row tiles would not fit in registers).
-/// Each CTA accumulates `DA` n8 tiles of the head dim, from chunk `blockIdx.y * DA` (a split
-/// along grid y recomputes Sᵀ and dPᵀ per part; all entries use `DA = DN` today).
 #[inline(always)]
-pub unsafe fn bwd_dkdv<E: Element, const D: usize, const DN: usize, const DK: usize, const DA: usize, const NT: usize, const BQ: usize, const KT: usize>(
+pub unsafe fn bwd_dkdv<E: Element, const D: usize, const DN: usize, const DK: usize, const NT: usize, const BQ: usize, const KT: usize>(
     bp: &BwdParams,
 ) {
     const MT: usize = 1;
-    const { assert!(DN * 8 == D && DK * 16 == D && 4 * 16 == BWD_KEYS && DN % DA == 0 && DA % 2 == 0 && NT * 8 == BQ && BQ <= BWD_KEYS && 2 * KT == NT) };
+    const { assert!(DN * 8 == D && DK * 16 == D && 4 * 16 == BWD_KEYS && NT * 8 == BQ && BQ <= BWD_KEYS && 2 * KT == NT) };
     let bq = NT as i32 * 8;
-    let chunk0 = crate::arch::sync::block_idx_y() * DA as u32;
     const { assert!(size_of::<KvCtx>() <= FWD_CTX_BYTES) };
     let p = &bp.f;
     let threads = 128u32;
@@ -373,8 +369,8 @@ pub unsafe fn bwd_dkdv<E: Element, const D: usize, const DN: usize, const DK: us
     }
     unsafe { commit() };
 
-    let mut dk: Acc<MT, DA> = unsafe { core::mem::zeroed() };
-    let mut dv: Acc<MT, DA> = unsafe { core::mem::zeroed() };
+    let mut dk: Acc<MT, DN> = unsafe { core::mem::zeroed() };
+    let mut dv: Acc<MT, DN> = unsafe { core::mem::zeroed() };
     let mut n = 0u32;
     while cur[0] >= 0 {
         let tid = opaque(tid);
@@ -445,7 +441,7 @@ pub unsafe fn bwd_dkdv<E: Element, const D: usize, const DN: usize, const DK: us
         // fit beside dK, dV and dPᵀ).
         let pt = pack_a::<E, MT, NT, KT>(&st);
         // dV += Pᵀ dO
-        packed_b::<E, D, DA, MT, KT>(&mut dv, &pt, s_dob, opaque(chunk0), ln);
+        packed_b::<E, D, DN, MT, KT>(&mut dv, &pt, s_dob, ln);
         // dPᵀ = V dOᵀ, dSᵀ = Pᵀ ∘ (dPᵀ − D)
         let mut ds = a_bt::<E, D, DK, MT, NT>(s_v, s_dob, ln);
         for kk in 0..KT {
@@ -463,7 +459,7 @@ pub unsafe fn bwd_dkdv<E: Element, const D: usize, const DN: usize, const DK: us
             }
         }
         // dK += dSᵀ Q
-        p_b::<E, D, DA, MT, NT>(&mut dk, &ds, s_qb, opaque(chunk0), ln);
+        p_b::<E, D, DN, MT, NT>(&mut dk, &ds, s_qb, ln);
         cur = next;
         n += 1;
     }
@@ -478,7 +474,7 @@ pub unsafe fn bwd_dkdv<E: Element, const D: usize, const DN: usize, const DK: us
     let (lane, warp) = (tid % 32, tid / 32);
     let rows = seq.k_len - j0;
     let dk_row = |r: i32| elem_offset(&bp.dk_strides, item.batch, seq.k_start + j0 + r, item.head);
-    store_rows::<E, MT, DA>(&dk, bp.scale, bp.dk, dk_row, warp * 16, lane, rows, chunk0, valid_chunks);
+    store_rows::<E, MT, DN>(&dk, bp.scale, bp.dk, dk_row, warp * 16, lane, rows, valid_chunks);
     let dv_row = |r: i32| elem_offset(&bp.dv_strides, item.batch, seq.k_start + j0 + r, item.head);
-    store_rows::<E, MT, DA>(&dv, 1.0, bp.dv, dv_row, warp * 16, lane, rows, chunk0, valid_chunks);
+    store_rows::<E, MT, DN>(&dv, 1.0, bp.dv, dv_row, warp * 16, lane, rows, valid_chunks);
 }

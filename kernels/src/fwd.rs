@@ -137,7 +137,7 @@ pub unsafe fn attn_fwd<
             }
         }
 
-        p_b::<E, D, DN, MT, NT>(&mut o, &s, s_vb, 0, ln);
+        p_b::<E, D, DN, MT, NT>(&mut o, &s, s_vb, ln);
         cur = next;
         n += 1;
     }

@@ -53,11 +53,10 @@ pub fn a_bt<E: Element, const D: usize, const DK: usize, const MT: usize, const 
 }
 
 /// `acc += P B`: `P` (`16 * MT` rows by `8 * NT` columns) from registers, rounded to `E`, `B` the
-/// `8 * NT` rows of tile `b` (`[rows][D]`), columns from chunk `chunk0` (even) on, `8 * DN` of
-/// them. This is O += P V, dQ += dS K, dV += Pᵀ dO and dK += dSᵀ Q. The C fragments of two n8
+/// `8 * NT` rows of tile `b` (`[rows][D]`). This is O += P V, dQ += dS K, dV += Pᵀ dO and dK += dSᵀ Q. The C fragments of two n8
 /// tiles are the A fragment of one k16 tile.
 #[inline(always)]
-pub fn p_b<E: Element, const D: usize, const DN: usize, const MT: usize, const NT: usize>(acc: &mut Acc<MT, DN>, p: &Acc<MT, NT>, b: u32, chunk0: u32, l: Lanes) {
+pub fn p_b<E: Element, const D: usize, const DN: usize, const MT: usize, const NT: usize>(acc: &mut Acc<MT, DN>, p: &Acc<MT, NT>, b: u32, l: Lanes) {
     let rb = (D * 2) as u32;
     for kk in 0..NT / 2 {
         let mut pa = [[0u32; 4]; MT];
@@ -66,7 +65,7 @@ pub fn p_b<E: Element, const D: usize, const DN: usize, const MT: usize, const N
             pa[mt] = [E::pack2(x[0], x[1]), E::pack2(x[2], x[3]), E::pack2(y[0], y[1]), E::pack2(y[2], y[3])];
         }
         for dp in 0..DN / 2 {
-            let bf = unsafe { ldmatrix_x4_trans(frag_addr(b, l.bk, rb, kk as u32 * 16, chunk0 + dp as u32 * 2)) };
+            let bf = unsafe { ldmatrix_x4_trans(frag_addr(b, l.bk, rb, kk as u32 * 16, dp as u32 * 2)) };
             for mt in 0..MT {
                 E::mma(&mut acc[mt][2 * dp], pa[mt], [bf[0], bf[1]]);
                 E::mma(&mut acc[mt][2 * dp + 1], pa[mt], [bf[2], bf[3]]);
@@ -95,11 +94,11 @@ pub fn pack_a<E: Element, const MT: usize, const NT: usize, const KT: usize>(p: 
 
 /// `acc += P B` with `P` packed (see [`p_b`]).
 #[inline(always)]
-pub fn packed_b<E: Element, const D: usize, const DN: usize, const MT: usize, const KT: usize>(acc: &mut Acc<MT, DN>, pa: &Packed<MT, KT>, b: u32, chunk0: u32, l: Lanes) {
+pub fn packed_b<E: Element, const D: usize, const DN: usize, const MT: usize, const KT: usize>(acc: &mut Acc<MT, DN>, pa: &Packed<MT, KT>, b: u32, l: Lanes) {
     let rb = (D * 2) as u32;
     for kk in 0..KT {
         for dp in 0..DN / 2 {
-            let bf = unsafe { ldmatrix_x4_trans(frag_addr(b, l.bk, rb, kk as u32 * 16, chunk0 + dp as u32 * 2)) };
+            let bf = unsafe { ldmatrix_x4_trans(frag_addr(b, l.bk, rb, kk as u32 * 16, dp as u32 * 2)) };
             for mt in 0..MT {
                 E::mma(&mut acc[mt][2 * dp], pa[mt][kk], [bf[0], bf[1]]);
                 E::mma(&mut acc[mt][2 * dp + 1], pa[mt][kk], [bf[2], bf[3]]);

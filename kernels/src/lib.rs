@@ -64,9 +64,10 @@ macro_rules! bwd_entries {
         ptx_attrs!($dq: ".maxntid 256, 1, 1");
         #[unsafe(no_mangle)]
         pub unsafe extern "gpu-kernel" fn $dkdv(p: BwdParams) {
-            unsafe { bwd::bwd_dkdv::<$elem, $d, { $d / 8 }, { $d / 16 }, { $d / 8 }, { $bq / 8 }, $bq, { $bq / 16 }>(&p) }
+            unsafe { bwd::bwd_dkdv::<$elem, $d, { $d / 8 }, { $d / 16 }, { $bq / 8 }, $bq, { $bq / 16 }>(&p) }
         }
-        ptx_attrs!($dkdv: ".maxntid 128, 1, 1");
+        // As the forward entries: without `.minnctapersm` ptxas may cap registers at 128 and spill.
+        ptx_attrs!($dkdv: ".maxntid 128, 1, 1", ".minnctapersm 1");
     )*};
 }
 

@@ -22,9 +22,3 @@ pub fn log2(x: f32) -> f32 {
 pub fn fma(a: f32, b: f32, c: f32) -> f32 {
     core::f32::math::mul_add(a, b, c)
 }
-
-/// `rcp.rn.f32` (IEEE reciprocal).
-#[inline(always)]
-pub fn rcp(x: f32) -> f32 {
-    1.0 / x
-}

@@ -28,11 +28,6 @@ pub fn block_idx() -> u32 {
     unsafe { core::arch::nvptx::_block_idx_x() as u32 }
 }
 
-#[inline(always)]
-pub fn block_idx_y() -> u32 {
-    unsafe { core::arch::nvptx::_block_idx_y() as u32 }
-}
-
 /// `mov.u32` that the compiler cannot see through or move: values derived from it are
 /// recomputed where they are used instead of being hoisted out of the loop and held in
 /// registers for its whole length (cheap address arithmetic is not worth a register).
