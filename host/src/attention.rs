@@ -99,7 +99,7 @@ pub struct Attention {
 impl Attention {
     /// Validates `spec`, compacts `block_mask` (`u8` `[B or 1, n_masks, ceil(Sq/128),
     /// ceil(Sk/128)]`, values 0 or 1) on the GPU and builds the work list. Synchronises `stream`
-    /// once, to read the mask row counts that order the work.
+    /// once, to read the mask check and the mask row counts that order the work.
     pub fn new(device: &Device, stream: &Arc<CudaStream>, spec: AttentionSpec, block_mask: Option<&CudaSlice<u8>>) -> Result<Self> {
         spec.validate()?;
         let mut counts_host = None;
@@ -107,14 +107,19 @@ impl Attention {
         let (lists, counts) = match (spec.mask, block_mask) {
             (Some(_), Some(mask)) => {
                 check_mask_len(&spec, mask.len())?;
-                let (lists, counts) = compact_on_gpu(device, stream, &spec, mask, false)?;
-                transposed = Some(compact_on_gpu(device, stream, &spec, mask, true)?);
+                // The row compaction flags values other than 0 and 1; the column one reads the
+                // same values, so one flag and one read-back serve both.
+                let mut bad = stream.alloc_zeros::<u32>(1)?;
+                let (lists, counts) = compact_on_gpu(device, stream, &spec, mask, false, &mut bad)?;
+                transposed = Some(compact_on_gpu(device, stream, &spec, mask, true, &mut bad)?);
+                if stream.clone_dtoh(&bad)?[0] != 0 {
+                    return Err(Error::MaskValue);
+                }
                 counts_host = Some(stream.clone_dtoh(&counts)?);
                 (lists, counts)
             }
             (Some(_), None) if spec.uses_mask() => {
-                let head = spec.patterns.iter().position(|p| matches!(p, crate::HeadPattern::BlockSparse { .. })).unwrap_or(0);
-                return Err(Error::MissingMask { head });
+                return Err(Error::MissingMask { head: spec.first_block_sparse_head().unwrap_or(0) });
             }
             (_, None) => (stream.alloc_zeros::<i32>(1)?, stream.alloc_zeros::<i32>(1)?),
             (None, Some(_)) => {
@@ -198,9 +203,7 @@ impl Attention {
         spec.check_tensor("k", &k.strides, k.data.len(), spec.heads_kv, false)?;
         spec.check_tensor("v", &v.strides, v.data.len(), spec.heads_kv, false)?;
         spec.check_tensor("o", &o.strides, o.data.len(), spec.heads_q, true)?;
-        if lse.len() < spec.lse_len() {
-            return Err(Error::Tensor { name: "lse", why: format!("holds {} elements, needs {}", lse.len(), spec.lse_len()) });
-        }
+        spec.check_lse(lse.len())?;
         if self.n_items == 0 {
             return Ok(());
         }
@@ -312,9 +315,7 @@ impl Attention {
         ] {
             spec.check_tensor(name, &strides, len, heads, is_q)?;
         }
-        if lse.len() < spec.lse_len() {
-            return Err(Error::Tensor { name: "lse", why: format!("holds {} elements, needs {}", lse.len(), spec.lse_len()) });
-        }
+        spec.check_lse(lse.len())?;
         let kernels = &device.bwd[T::KERNEL][head_dim_class(spec)?];
         let mut dsum = stream.alloc_zeros::<f32>(spec.lse_len().max(1))?;
         let (qp, _g1) = q.device_ptr(stream);
@@ -394,9 +395,16 @@ fn kv_work_items(spec: &AttentionSpec) -> Vec<attn_common::WorkItem> {
     items.into_iter().map(|(_, it)| it).collect()
 }
 
-/// Runs `compact_block_mask` over the mask's rows (or, `transposed`, its columns) and checks that
-/// every value was 0 or 1.
-fn compact_on_gpu(device: &Device, stream: &Arc<CudaStream>, spec: &AttentionSpec, mask: &CudaSlice<u8>, transposed: bool) -> Result<(CudaSlice<i32>, CudaSlice<i32>)> {
+/// Launches `compact_block_mask` over the mask's rows (or, `transposed`, its columns); `bad` is
+/// set to 1 if a value is neither 0 nor 1.
+fn compact_on_gpu(
+    device: &Device,
+    stream: &Arc<CudaStream>,
+    spec: &AttentionSpec,
+    mask: &CudaSlice<u8>,
+    transposed: bool,
+    bad: &mut CudaSlice<u32>,
+) -> Result<(CudaSlice<i32>, CudaSlice<i32>)> {
     let (nq, nk) = (spec.mask_q_blocks(), spec.mask_k_blocks());
     let slices = spec.mask.map_or(0, |m| m.batch * m.n_masks);
     let (per_slice, n_elems) = if transposed { (nk, nq) } else { (nq, nk) };
@@ -404,7 +412,6 @@ fn compact_on_gpu(device: &Device, stream: &Arc<CudaStream>, spec: &AttentionSpe
     let mut lists = stream.alloc_zeros::<i32>(mask.len().max(1))?;
     // Zero-filled: rows with no key blocks (all Sk = 0) keep count 0 without a launch.
     let mut counts = stream.alloc_zeros::<i32>(rows.max(1))?;
-    let mut bad = stream.alloc_zeros::<u32>(1)?;
     if rows > 0 && n_elems > 0 {
         let (mp, _g1) = mask.device_ptr(stream);
         let (lp, _g2) = lists.device_ptr_mut(stream);
@@ -426,9 +433,6 @@ fn compact_on_gpu(device: &Device, stream: &Arc<CudaStream>, spec: &AttentionSpe
         let cfg = LaunchConfig { grid_dim: ((rows as u32).div_ceil(128), 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
         let arg = ByValue(params);
         unsafe { stream.launch_builder(&device.compact).arg(&arg).launch(cfg)? };
-    }
-    if stream.clone_dtoh(&bad)?[0] != 0 {
-        return Err(Error::MaskValue);
     }
     Ok((lists, counts))
 }

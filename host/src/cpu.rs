@@ -25,9 +25,10 @@ pub fn forward<T: Element>(spec: &AttentionSpec, q: &[T], k: &[T], v: &[T], bloc
             check_mask_len(spec, m.len())?;
             compact_mask(spec, m)?; // rejects values other than 0/1
         }
-        (Some(_), None) if spec.uses_mask() => {
-            let head = spec.patterns.iter().position(|p| matches!(p, crate::HeadPattern::BlockSparse { .. })).unwrap_or(0);
-            return Err(crate::Error::MissingMask { head });
+        (Some(_), None) => {
+            if let Some(head) = spec.first_block_sparse_head() {
+                return Err(crate::Error::MissingMask { head });
+            }
         }
         (None, Some(_)) => {
             return Err(crate::Error::Tensor { name: "block_mask", why: "given, but the spec has no mask shape (use with_block_mask)".into() });

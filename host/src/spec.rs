@@ -284,7 +284,20 @@ impl AttentionSpec {
 
     /// Whether any head reads the block mask.
     pub fn uses_mask(&self) -> bool {
-        self.patterns.iter().any(|p| matches!(p, HeadPattern::BlockSparse { .. }))
+        self.first_block_sparse_head().is_some()
+    }
+
+    /// The first head that reads the block mask, if any.
+    pub fn first_block_sparse_head(&self) -> Option<usize> {
+        self.patterns.iter().position(|p| matches!(p, HeadPattern::BlockSparse { .. }))
+    }
+
+    /// Checks that an `lse` buffer of `len` elements holds every row.
+    pub fn check_lse(&self, len: usize) -> Result<()> {
+        if len < self.lse_len() {
+            return Err(Error::Tensor { name: "lse", why: format!("holds {len} elements, needs {}", self.lse_len()) });
+        }
+        Ok(())
     }
 
     /// Checks that a `[.., token, head, dim]` tensor with these strides and `len` elements holds
