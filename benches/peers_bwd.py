@@ -4,24 +4,13 @@ CUDA-event timings of forward+backward after warm-up.
 
 python3 benches/peers_bwd.py --lens 8192,16384
 """
-import argparse, statistics
+import argparse
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-H, D = 32, 128
-
-
-def median_ms(fn, iters):
-    for _ in range(2):
-        fn()
-    times = []
-    for _ in range(iters):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record(); fn(); b.record(); b.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times)
+from peers import D, H, median_ms  # same shapes and timing as the forward peers
 
 
 def main():
