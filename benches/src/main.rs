@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! attn-bench [--lens 1024,2048,...,131072] [--causal true|false|both] [--iters N] [--only SUBSTR]
-//!            [--variant ENTRY:KEY_TILE:THREADS] [--json PATH] [--dump-masks DIR [--dump-only]]
+//!            [--variant portable|ENTRY:KEY_TILE:THREADS] [--json PATH] [--dump-masks DIR [--dump-only]]
 //! ```
 //!
 //! `--dump-masks DIR` writes, for every (workload, S, causal) selected, one line to
@@ -217,8 +217,17 @@ fn bytes_needed(s: usize) -> usize {
 impl Gpu {
     fn new(variant: Option<&str>, lens: &[usize]) -> block_sparse_attn::Result<Self> {
         let mut dev = Device::new(0)?;
-        // --variant ENTRY:KEY_TILE:THREADS swaps the bf16 d128 kernel for an experimental entry.
-        if let Some(v) = variant {
+        // --variant portable runs the portable forward kernels on Hopper; --variant
+        // ENTRY:KEY_TILE:THREADS swaps the portable bf16 d128 kernel for an experimental entry.
+        if variant == Some("portable") {
+            if dev.hopper_forward(D) {
+                dev.use_hopper_forward(false)?;
+            }
+            println!("variant: portable");
+        } else if let Some(v) = variant {
+            if dev.hopper_forward(D) {
+                dev.use_hopper_forward(false)?;
+            }
             let f: Vec<&str> = v.split(':').collect();
             assert_eq!(f.len(), 3, "--variant ENTRY:KEY_TILE:THREADS");
             dev.use_fwd_variant(false, D, f[0], f[1].parse().expect("key tile"), f[2].parse().expect("threads"))?;

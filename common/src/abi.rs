@@ -172,3 +172,36 @@ pub struct CompactParams {
     pub row_step: u32,
     pub elem_step: u32,
 }
+
+/// Query rows per Hopper forward CTA: two consumer warpgroups of 64 rows.
+pub const HOPPER_ROWS: usize = 128;
+/// Keys per Hopper forward tile: one mask block.
+pub const HOPPER_KEYS: usize = 128;
+/// K/V stages of the Hopper forward's shared-memory ring.
+pub const HOPPER_STAGES: usize = 2;
+/// Threads per Hopper forward CTA: one producer warpgroup (TMA) and two consumer warpgroups.
+pub const HOPPER_THREADS: u32 = 384;
+/// Bytes of one `CUtensorMap`.
+pub const TENSOR_MAP_BYTES: usize = 128;
+
+/// Parameters of the Hopper forward kernels, passed by value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Default)]
+pub struct HopperFwdParams {
+    pub f: FwdParams,
+    /// Global address of three `CUtensorMap`s (Q, K, V; 64-byte aligned, 128 bytes each) over
+    /// `[batch, token, head, dim]` as the dims `(dim, token, head, batch)`, boxes of
+    /// `(64, 128, 1, 1)` with the 128-byte swizzle. Packed (variable-length) tensors have one
+    /// batch entry and address sequences by their token offset.
+    pub tensor_maps: u64,
+    /// Work items in `f.items`; CTA `c` runs items `c, c + gridDim.x, ...` (persistent grid).
+    pub n_items: u32,
+    /// 1 when the tensors are packed (variable-length): the batch coordinate is always 0.
+    pub packed: u32,
+}
+
+/// Dynamic shared memory of the Hopper forward kernel at head dim `d`: Q, the K and V ring, then
+/// the barriers and the tile ring (one 1 KiB block, keeping the tiles 1 KiB aligned).
+pub const fn hopper_fwd_smem_bytes(d: usize) -> usize {
+    (HOPPER_ROWS + 2 * HOPPER_STAGES * HOPPER_KEYS) * d * 2 + 1024
+}

@@ -1,13 +1,14 @@
 //! The GPU forward pass: a reusable plan per call shape, then launches on the caller's stream.
 use std::sync::Arc;
 
-use attn_common::{BwdParams, CompactParams, FwdParams, Strides};
+use attn_common::{BwdParams, CompactParams, FwdParams, HOPPER_THREADS, HopperFwdParams, Strides};
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg, SyncOnDrop, ValidAsZeroBits};
 
 use crate::device::{Device, FWD_HEAD_DIMS};
 use crate::error::{Error, Result};
 use crate::plan::{check_mask_len, work_items};
 use crate::spec::AttentionSpec;
+use crate::tensor_map::{self, MapShape, TensorMapBytes};
 
 /// The 16-bit input types.
 pub trait Element: DeviceRepr + ValidAsZeroBits + Copy + Default + Send + Sync + 'static {
@@ -207,7 +208,6 @@ impl Attention {
         if self.n_items == 0 {
             return Ok(());
         }
-        let kernel = &device.fwd[T::KERNEL][head_dim_class(spec)?];
         let (qp, _g1) = q.data.device_ptr(stream);
         let (kp, _g2) = k.data.device_ptr(stream);
         let (vp, _g3) = v.data.device_ptr(stream);
@@ -218,6 +218,18 @@ impl Attention {
         let tables = self.tables(stream);
         let io = [(qp, q.strides), (kp, k.strides), (vp, v.strides), (op, o.strides)];
         let params = self.fwd_params(&tables.ptrs(), io, lsep, (lp, cp));
+        if let Some(maps) = self.hopper_maps::<T>(device, &io) {
+            let kernel = &device.hopper_fwd.as_ref().expect("hopper_maps checked it")[T::KERNEL][(spec.head_dim > 64) as usize];
+            let maps = stream.clone_htod(&maps.concat())?;
+            let (mp, _g8) = maps.device_ptr(stream);
+            let hp = HopperFwdParams { f: params, tensor_maps: mp, n_items: self.n_items, packed: spec.is_varlen() as u32 };
+            let grid = self.n_items.min(device.sm_count());
+            let cfg = LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (HOPPER_THREADS, 1, 1), shared_mem_bytes: kernel.smem_bytes() as u32 };
+            let arg = ByValue(hp);
+            unsafe { stream.launch_builder(&kernel.func).arg(&arg).launch(cfg)? };
+            return Ok(());
+        }
+        let kernel = &device.fwd[T::KERNEL][head_dim_class(spec)?];
         let cfg = LaunchConfig { grid_dim: (self.n_items, 1, 1), block_dim: (kernel.threads, 1, 1), shared_mem_bytes: kernel.smem_bytes() as u32 };
         let arg = ByValue(params);
         unsafe { stream.launch_builder(&kernel.func).arg(&arg).launch(cfg)? };
@@ -246,6 +258,20 @@ impl Tables<'_> {
 impl Attention {
     fn tables<'a>(&'a self, stream: &'a Arc<CudaStream>) -> Tables<'a> {
         Tables { seqs: self.seqs.device_ptr(stream), heads: self.heads.device_ptr(stream), items: self.items.device_ptr(stream) }
+    }
+
+    /// The Q, K and V tensor maps of the Hopper forward, or `None` when it does not run this
+    /// call (another path, head dim, or a tensor that TMA cannot describe).
+    fn hopper_maps<T: Element>(&self, device: &Device, io: &[(u64, Strides); 4]) -> Option<[TensorMapBytes; 3]> {
+        let spec = &self.spec;
+        if !device.hopper_forward(spec.head_dim) {
+            return None;
+        }
+        let (batch, tq, tk) = if spec.is_varlen() { (1, spec.total_q(), spec.total_k()) } else { (spec.batch(), spec.max_seqlen_q(), spec.max_seqlen_k()) };
+        let map = |i: usize, tokens: usize, heads: usize| {
+            tensor_map::encode(&MapShape { ptr: io[i].0, f16: T::KERNEL == 1, head_dim: spec.head_dim, tokens, heads, batch, strides: io[i].1 })
+        };
+        Some([map(0, tq, spec.heads_q)?, map(1, tk, spec.heads_kv)?, map(2, tk, spec.heads_kv)?])
     }
 
     /// The forward kernels' parameters: `io` are q, k, v, o (pointer, strides); `lists` the

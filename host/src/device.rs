@@ -62,6 +62,27 @@ pub struct Device {
     pub(crate) bwd: [[BwdKernels; 3]; 2],
     max_smem: i32,
     pub(crate) compact: CudaFunction,
+    /// `[dtype][head dim 64, 128]`: the Hopper forward (sm_90a module), `None` elsewhere or when
+    /// switched off with [`Device::use_hopper_forward`].
+    pub(crate) hopper_fwd: Option<[[HopperKernel; 2]; 2]>,
+    /// The loaded Hopper entries, kept while switched off.
+    hopper_loaded: Option<[[HopperKernel; 2]; 2]>,
+}
+
+/// Head dims of the Hopper forward entries (`attn_fwd_hopper_{dtype}_d{d}`).
+pub(crate) const HOPPER_HEAD_DIMS: [usize; 2] = [64, 128];
+
+/// One loaded Hopper forward entry.
+#[derive(Clone, Debug)]
+pub(crate) struct HopperKernel {
+    pub func: CudaFunction,
+    pub head_dim: usize,
+}
+
+impl HopperKernel {
+    pub fn smem_bytes(&self) -> usize {
+        attn_common::hopper_fwd_smem_bytes(self.head_dim)
+    }
 }
 
 impl std::fmt::Debug for Device {
@@ -134,6 +155,10 @@ impl Device {
             bwd.push(<[BwdKernels; 3]>::try_from(row).unwrap());
         }
         let compact = module.load_function("compact_block_mask")?;
+        let hopper_fwd = match path {
+            KernelPath::Hopper => Some(load_hopper(&module, max_smem)?),
+            KernelPath::Portable => None,
+        };
         let sm_count = ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)? as u32;
         Ok(Device {
             ctx,
@@ -145,7 +170,25 @@ impl Device {
             bwd: <[[BwdKernels; 3]; 2]>::try_from(bwd).unwrap(),
             max_smem,
             compact,
+            hopper_loaded: hopper_fwd.clone(),
+            hopper_fwd,
         })
+    }
+
+    /// Switches the Hopper forward kernel (TMA, wgmma) on or off. It is on by default on the
+    /// Hopper path, for head dims from 33 to 128; off, the forward runs the portable kernels of
+    /// the same module (for comparison). Switching it on elsewhere is an error.
+    pub fn use_hopper_forward(&mut self, on: bool) -> Result<()> {
+        if on && self.hopper_loaded.is_none() {
+            return Err(Error::UnsupportedArch { major: self.capability.0, minor: self.capability.1 });
+        }
+        self.hopper_fwd = if on { self.hopper_loaded.clone() } else { None };
+        Ok(())
+    }
+
+    /// Whether forwards with head dim `head_dim` run the Hopper kernel.
+    pub fn hopper_forward(&self, head_dim: usize) -> bool {
+        self.hopper_fwd.is_some() && head_dim > 32 && head_dim <= 128
     }
 
     /// Replaces the forward kernel of one (dtype, head dim) with another entry of the module:
@@ -220,6 +263,21 @@ fn load_fwd(module: &Arc<CudaModule>, max_smem: i32, name: &str, head_dim: usize
     Ok(k)
 }
 
+fn load_hopper(module: &Arc<CudaModule>, max_smem: i32) -> Result<[[HopperKernel; 2]; 2]> {
+    let load = |dtype: &str, d: usize| -> Result<HopperKernel> {
+        let name = format!("attn_fwd_hopper_{dtype}_d{d}");
+        let k = HopperKernel { func: module.load_function(&name)?, head_dim: d };
+        let smem = k.smem_bytes() as i32;
+        if smem > max_smem {
+            return Err(Error::Tensor { name: "kernel", why: format!("{name} needs {smem} bytes of shared memory; the device allows {max_smem}") });
+        }
+        k.func.set_attribute(sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem)?;
+        Ok(k)
+    };
+    let [a, b] = HOPPER_HEAD_DIMS;
+    Ok([[load("bf16", a)?, load("bf16", b)?], [load("f16", a)?, load("f16", b)?]])
+}
+
 /// Dynamic shared memory of a forward kernel.
 pub(crate) fn fwd_smem_bytes(d: usize, bn: i32) -> usize {
     attn_common::fwd_smem_bytes(d, bn as usize)
@@ -258,6 +316,13 @@ mod tests {
                     names.push(format!("attn_fwd_{dtype}_d{d}"));
                     for k in ["dsum", "dq", "dkdv"] {
                         names.push(format!("attn_bwd_{k}_{dtype}_d{d}"));
+                    }
+                }
+            }
+            if path == KernelPath::Hopper {
+                for dtype in ["bf16", "f16"] {
+                    for d in HOPPER_HEAD_DIMS {
+                        names.push(format!("attn_fwd_hopper_{dtype}_d{d}"));
                     }
                 }
             }

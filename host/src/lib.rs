@@ -46,6 +46,7 @@ pub mod pattern;
 pub mod plan;
 pub mod reference;
 pub mod spec;
+mod tensor_map;
 
 pub use attention::{Attention, Element, TensorArg, TensorArgMut};
 pub use attn_common::Strides;

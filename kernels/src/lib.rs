@@ -9,11 +9,15 @@ pub mod bwd;
 pub mod compact;
 pub mod fwd;
 pub mod gemm;
+#[cfg(target_feature = "sm_90a")]
+pub mod hopper;
 pub mod item;
 pub mod tiles;
 
 use arch::mma::{Bf16, F16};
 use attn_common::{BwdParams, CompactParams, FwdParams};
+#[cfg(target_feature = "sm_90a")]
+use attn_common::HopperFwdParams;
 use core::arch::global_asm;
 
 /// Launch bounds that Rust cannot express: a marker that `tools/ptx-post` turns into directives.
@@ -46,6 +50,26 @@ fwd_entries!(
 fwd_entries!(
     test_fwd_bf16_d128_k32 = (Bf16, d 128, threads 128, mtiles 2, keys 32, ctas 1),
     test_fwd_bf16_d128_w8 = (Bf16, d 128, threads 256, mtiles 1, keys 64, ctas 1),
+);
+
+/// Hopper forward entries (sm_90a module only): 384 threads, one CTA per SM.
+#[cfg(target_feature = "sm_90a")]
+macro_rules! hopper_entries {
+    ($($name:ident = ($elem:ty, d $d:literal)),* $(,)?) => {$(
+        #[unsafe(no_mangle)]
+        pub unsafe extern "gpu-kernel" fn $name(p: HopperFwdParams) {
+            unsafe { hopper::attn_fwd_hopper::<$elem, [f32; $d / 2]>(&p) }
+        }
+        ptx_attrs!($name: ".maxntid 384, 1, 1", ".minnctapersm 1");
+    )*};
+}
+
+#[cfg(target_feature = "sm_90a")]
+hopper_entries!(
+    attn_fwd_hopper_bf16_d64 = (Bf16, d 64),
+    attn_fwd_hopper_bf16_d128 = (Bf16, d 128),
+    attn_fwd_hopper_f16_d64 = (F16, d 64),
+    attn_fwd_hopper_f16_d128 = (F16, d 128),
 );
 
 /// Backward entries per (dtype, head dim): `bwd_dsum_*` (128 threads), `bwd_dq_*` (256),

@@ -19,6 +19,8 @@ const USAGE: &str = "usage: cargo xtask ptx [--ptxas PATH] | cargo xtask bundle 
 const ARCHS: [&str; 2] = ["sm_80", "sm_90a"];
 /// 13.0 is the CUDA version of the device machines' driver (580), so its ptxas judges what they will JIT.
 const NVCC_WHEEL: &str = "nvidia-cuda-nvcc==13.0.88";
+/// Disassemble the sm_90a cubin for the SASS check (any 13.x reads sm_90a; cuobjdump runs nvdisasm).
+const DISASM_WHEELS: [&str; 2] = ["nvidia-cuda-cuobjdump==13.5.37", "nvidia-cuda-nvdisasm==13.5.37"];
 /// What one transfer to the device machine may carry.
 const BUNDLE_LIMIT: u64 = 64 << 20;
 
@@ -136,9 +138,19 @@ fn ptx(ptxas: Option<PathBuf>) -> Result {
             failures.push(format!("ptxas failed on {} ({})", path.display(), out.status));
             continue;
         }
-        // Warnings (e.g. wgmma serialisation) matter even when ptxas succeeds.
+        // Warnings matter even when ptxas succeeds; serialised wgmma (C7514, C7517 and kin:
+        // ptxas inserting waits around every product) fails the check.
         for l in report.lines().filter(|l| l.contains("warning")) {
             eprintln!("{arch}: {l}");
+            if l.contains("wgmma") || l.contains("C751") {
+                failures.push(format!("{arch}: {l}"));
+            }
+        }
+        if *arch == "sm_90a" {
+            match cuobjdump(&root, &ptxas) {
+                Ok(tool) => failures.extend(check_hopper_sass(&tool, &path.with_extension("cubin"))),
+                Err(e) => failures.push(e),
+            }
         }
         let (mut entries, usage) = parse_ptxas(&report);
         entries.sort(); // ptxas reports them in reverse; by name the two modules line up
@@ -189,6 +201,36 @@ fn ptx(ptxas: Option<PathBuf>) -> Result {
     Err(format!("{} problem(s) in the PTX modules", failures.len()))
 }
 
+/// The Hopper entries must really use the Hopper instructions: HGMMA (wgmma) and UTMALDG (TMA
+/// loads) in each one's SASS.
+fn check_hopper_sass(cuobjdump: &Path, cubin: &Path) -> Vec<String> {
+    // cuobjdump finds nvdisasm through PATH.
+    let path = std::env::join_paths(cuobjdump.parent().into_iter().map(Path::to_path_buf).chain(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())));
+    let out = match Command::new(cuobjdump).arg("-sass").arg(cubin).env("PATH", path.unwrap_or_default()).output() {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
+        _ => return vec![format!("cannot disassemble {} with {}", cubin.display(), cuobjdump.display())],
+    };
+    let mut failures = vec![];
+    let mut found = 0;
+    for func in out.split("Function : ").skip(1) {
+        let name = func.split_whitespace().next().unwrap_or("");
+        if !name.starts_with("attn_fwd_hopper_") {
+            continue;
+        }
+        found += 1;
+        for op in ["HGMMA", "UTMALDG"] {
+            if !func.contains(op) {
+                failures.push(format!("sm_90a {name}: no {op} in its SASS"));
+            }
+        }
+    }
+    if found == 0 {
+        failures.push("sm_90a: no attn_fwd_hopper_* function in the SASS".into());
+    }
+    println!("sm_90a: {found} Hopper entries checked for HGMMA and UTMALDG");
+    failures
+}
+
 /// Entry names in report order, and the usage of every function the report mentions.
 fn parse_ptxas(report: &str) -> (Vec<String>, BTreeMap<String, Usage>) {
     // A number is the last word before its unit: "Used 168 registers", "0 bytes stack frame".
@@ -227,12 +269,33 @@ fn parse_ptxas(report: &str) -> (Vec<String>, BTreeMap<String, Usage>) {
 
 /// ptxas from the pip venv under .tools/ (git-ignored); the python minor version is not known in advance.
 fn find_ptxas(root: &Path) -> Option<PathBuf> {
+    find_tool(root, "ptxas")
+}
+
+/// A tool of the CUDA wheels in the venv under .tools/.
+fn find_tool(root: &Path, name: &str) -> Option<PathBuf> {
     fs::read_dir(root.join(".tools/nvvenv/lib"))
         .ok()?
         .flatten()
         .filter(|e| e.file_name().to_string_lossy().starts_with("python3."))
-        .map(|e| e.path().join("site-packages/nvidia/cu13/bin/ptxas"))
+        .map(|e| e.path().join("site-packages/nvidia/cu13/bin").join(name))
         .find(|p| p.is_file())
+}
+
+/// cuobjdump (for the SASS check), with nvdisasm beside it: next to the given ptxas, else from
+/// the venv under .tools/, installed there on first use.
+fn cuobjdump(root: &Path, ptxas: &Path) -> Result<PathBuf> {
+    let usable = |p: PathBuf| (p.is_file() && p.with_file_name("nvdisasm").is_file()).then_some(p);
+    if let Some(p) = usable(ptxas.with_file_name("cuobjdump")).or_else(|| find_tool(root, "cuobjdump").and_then(usable)) {
+        return Ok(p);
+    }
+    let venv = root.join(".tools/nvvenv");
+    if !venv.join("bin/pip").is_file() {
+        run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    }
+    eprintln!("xtask: installing {DISASM_WHEELS:?} into .tools/nvvenv");
+    run(Command::new(venv.join("bin/pip")).args(["install", "--quiet", "--no-deps"]).args(DISASM_WHEELS))?;
+    find_tool(root, "cuobjdump").and_then(usable).ok_or_else(|| "cuobjdump/nvdisasm not found in .tools/nvvenv after installing".into())
 }
 
 fn install_ptxas(root: &Path) -> Result<PathBuf> {

@@ -10,3 +10,7 @@ pub mod mma;
 pub mod sync;
 pub mod math;
 pub mod smem;
+#[cfg(target_feature = "sm_90a")]
+pub mod tma;
+#[cfg(target_feature = "sm_90a")]
+pub mod wgmma;

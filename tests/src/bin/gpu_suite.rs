@@ -7,7 +7,7 @@
 //! Ends with `N passed, M failed`.
 //! Gradients (dq, dk, dv against the f64 reference backward, same rule, deterministic reruns)
 //! are checked on every case with contiguous tensors.
-//! Usage: `gpu_suite [--quick] [--seed N] [--filter TEXT] [--path portable|hopper] [--no-grad]`.
+//! Usage: `gpu_suite [--quick] [--seed N] [--filter TEXT] [--path portable|hopper|hopper-portable] [--no-grad]`.
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -361,13 +361,21 @@ fn main() {
         println!("0 passed, 0 failed");
         return;
     }
-    // --path portable|hopper loads that module explicitly (default: the device's own).
-    let path = match args.iter().position(|a| a == "--path").and_then(|i| args.get(i + 1)).map(|s| s.as_str()) {
+    // --path portable|hopper loads that module explicitly (default: the device's own);
+    // hopper-portable loads the sm_90a module but runs its portable forward kernels.
+    let path_arg = args.iter().position(|a| a == "--path").and_then(|i| args.get(i + 1)).map(|s| s.as_str());
+    let path = match path_arg {
         Some("portable") => Some(block_sparse_attn::KernelPath::Portable),
-        Some("hopper") => Some(block_sparse_attn::KernelPath::Hopper),
+        Some("hopper" | "hopper-portable") => Some(block_sparse_attn::KernelPath::Hopper),
         _ => None,
     };
-    let dev = match Device::with_path(0, path) {
+    let opened = Device::with_path(0, path).and_then(|mut d| {
+        if path_arg == Some("hopper-portable") {
+            d.use_hopper_forward(false)?;
+        }
+        Ok(d)
+    });
+    let dev = match opened {
         Ok(d) => d,
         Err(e) => {
             println!("cannot open the GPU: {e}");

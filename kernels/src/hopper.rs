@@ -1,0 +1,415 @@
+//! The Hopper forward kernel (sm_90a): TMA, mbarriers, wgmma, warp specialisation and a
+//! persistent grid.
+//!
+//! A CTA of three warpgroups loops over work items `blockIdx.x, blockIdx.x + gridDim.x, ...`
+//! (the plan orders them heaviest first, so every round hands out similar work). Warpgroup 0
+//! is the producer: one thread walks each item's key tiles (128 keys, one mask block) and
+//! brings Q and the K/V tiles in with TMA, into a ring of `HOPPER_STAGES` stages guarded by
+//! mbarriers; it keeps 40 registers. Warpgroups 1 and 2 are the consumers, 64 query rows each,
+//! with 232 registers: S = Q Kᵀ by wgmma from shared memory, the token mask on partial tiles
+//! only, the online softmax in registers, then O += P V by wgmma with P straight from the S
+//! registers. The two consumers are not synchronised with each other, so the softmax of one
+//! overlaps the tensor-core work of the other.
+//!
+//! The producer tells the consumers which tile each stage holds through a small ring in shared
+//! memory: the tile's first key, `LAST` on an item's last tile, `EMPTY` for an item with no
+//! tile at all (its rows get o = 0, lse = -inf).
+use attn_common::{
+    BLK, HOPPER_KEYS, HOPPER_ROWS, HOPPER_STAGES, HeadRule, HopperFwdParams, KIND_BLOCK_SPARSE, RowSpan, RowWindow, SeqInfo, TENSOR_MAP_BYTES,
+    TileWalk, WorkItem, row_window,
+};
+
+use crate::arch::math::{exp2, fma, log2};
+use crate::arch::mma::Element;
+use crate::arch::smem::{dynamic_smem, ld_shared_u32, smem_u32};
+use crate::arch::sync::{bar_sync, block_idx, shfl_xor, thread_idx, vote_any};
+use crate::arch::tma::{fence_mbar_init, mbar_arrive, mbar_arrive_expect_tx, mbar_init, mbar_wait, prefetch_tensormap, setmaxnreg_dec, setmaxnreg_inc, tma_load_4d};
+use crate::arch::wgmma::{self, Keep, WgElement, desc, keep};
+use crate::item::elem_offset;
+
+const LN2: f32 = core::f32::consts::LN_2;
+/// As in the portable kernel: O and l are rescaled only when a row's max grows by more than this
+/// (log2 units) past the max they are kept against.
+const RESCALE_SLACK: f32 = 8.0;
+const NS: u32 = HOPPER_STAGES as u32;
+const BK: i32 = HOPPER_KEYS as i32;
+/// Bytes of one 64-column block of a 128-row tile (rows of 128 bytes).
+const HALF: u32 = (HOPPER_ROWS * 128) as u32;
+/// Tile ring entries: the tile's first key, with `LAST` set on the item's last tile.
+const LAST: i32 = 1 << 30;
+const EMPTY: i32 = -1;
+/// Arrivals that free a stage or the Q tile: lane 0 of each of the 8 consumer warps.
+const CONSUMER_WARPS: u32 = 8;
+
+/// The O accumulator of one consumer thread for a head dim (`[f32; D / 2]`).
+pub trait OAcc: Keep + Copy {
+    const D: usize;
+    fn zero() -> Self;
+    fn v(&mut self) -> &mut [f32];
+    /// O += A B for one 16-key step (`B` = V, MN-major).
+    unsafe fn mma<E: WgElement>(&mut self, a: [u32; 4], b: u64);
+}
+
+impl OAcc for [f32; 32] {
+    const D: usize = 64;
+    fn zero() -> Self {
+        [0.0; 32]
+    }
+    fn v(&mut self) -> &mut [f32] {
+        self
+    }
+    #[inline(always)]
+    unsafe fn mma<E: WgElement>(&mut self, a: [u32; 4], b: u64) {
+        unsafe { E::mma_rs_n64(self, a, b) }
+    }
+}
+
+impl OAcc for [f32; 64] {
+    const D: usize = 128;
+    fn zero() -> Self {
+        [0.0; 64]
+    }
+    fn v(&mut self) -> &mut [f32] {
+        self
+    }
+    #[inline(always)]
+    unsafe fn mma<E: WgElement>(&mut self, a: [u32; 4], b: u64) {
+        unsafe { E::mma_rs_n128(self, a, b) }
+    }
+}
+
+/// Shared-memory layout (32-bit `.shared` addresses): Q, K stages, V stages, then the barriers
+/// and the tile ring.
+#[derive(Clone, Copy)]
+struct Smem {
+    q: u32,
+    k: u32,
+    v: u32,
+    tile_bytes: u32,
+    bars: u32,
+}
+
+impl Smem {
+    #[inline(always)]
+    fn new(base: u32, d: usize) -> Self {
+        let tile_bytes = (HOPPER_KEYS * d * 2) as u32;
+        let q = base;
+        let k = q + (HOPPER_ROWS * d * 2) as u32;
+        let v = k + NS * tile_bytes;
+        Smem { q, k, v, tile_bytes, bars: v + NS * tile_bytes }
+    }
+    fn q_full(&self) -> u32 {
+        self.bars
+    }
+    fn q_empty(&self) -> u32 {
+        self.bars + 8
+    }
+    fn k_full(&self, s: u32) -> u32 {
+        self.bars + 16 + 8 * s
+    }
+    fn v_full(&self, s: u32) -> u32 {
+        self.bars + 16 + 8 * (NS + s)
+    }
+    fn kv_empty(&self, s: u32) -> u32 {
+        self.bars + 16 + 8 * (2 * NS + s)
+    }
+    fn ring(&self, s: u32) -> u32 {
+        self.bars + 16 + 24 * NS + 4 * s
+    }
+}
+
+#[inline(always)]
+fn item_at(p: &HopperFwdParams, idx: u32) -> (WorkItem, SeqInfo, HeadRule) {
+    let item: WorkItem = unsafe { *(p.f.items as *const WorkItem).add(idx as usize) };
+    let seq: SeqInfo = unsafe { *(p.f.seqs as *const SeqInfo).add(item.batch as usize) };
+    let rule: HeadRule = unsafe { *(p.f.heads as *const HeadRule).add(item.head as usize) };
+    (item, seq, rule)
+}
+
+#[inline(always)]
+pub unsafe fn attn_fwd_hopper<E: Element + WgElement, O: OAcc>(p: &HopperFwdParams) {
+    let tid = thread_idx();
+    let sm = Smem::new(smem_u32(dynamic_smem()), O::D);
+    if tid == 0 {
+        unsafe {
+            mbar_init(sm.q_full(), 1);
+            mbar_init(sm.q_empty(), CONSUMER_WARPS);
+            for s in 0..NS {
+                mbar_init(sm.k_full(s), 1);
+                mbar_init(sm.v_full(s), 1);
+                mbar_init(sm.kv_empty(s), CONSUMER_WARPS);
+            }
+            fence_mbar_init();
+        }
+    }
+    bar_sync();
+    if tid < 128 {
+        unsafe { setmaxnreg_dec::<40>() };
+        if tid == 0 {
+            unsafe { producer::<O>(p, sm) };
+        }
+    } else {
+        unsafe { setmaxnreg_inc::<232>() };
+        unsafe { consumer::<E, O>(p, sm, tid / 128 - 1, tid % 128) };
+    }
+}
+
+/// One thread: for each item, Q then every key tile of its walk, through the ring.
+#[inline(always)]
+unsafe fn producer<O: OAcc>(p: &HopperFwdParams, sm: Smem) {
+    let maps = p.tensor_maps;
+    let (map_q, map_k, map_v) = (maps, maps + TENSOR_MAP_BYTES as u64, maps + 2 * TENSOR_MAP_BYTES as u64);
+    unsafe {
+        prefetch_tensormap(map_q);
+        prefetch_tensormap(map_k);
+        prefetch_tensormap(map_v);
+    }
+    let halves = (O::D / 64) as i32;
+    let tile_bytes = sm.tile_bytes;
+    let mut tile = 0u32;
+    let mut n_item = 0u32;
+    let mut idx = block_idx();
+    while idx < p.n_items {
+        let (item, seq, rule) = item_at(p, idx);
+        let f = &p.f;
+        let i0 = item.q_block as i32 * BLK;
+        let i1 = (i0 + BLK).min(seq.q_len) - 1;
+        let span = RowSpan::new(rule, f.causal != 0, seq.q_len, seq.k_len, i0, i1);
+        let mut walk = if rule.kind == KIND_BLOCK_SPARSE {
+            let mb = if f.mask_batch == 1 { 0 } else { item.batch };
+            let row = ((mb * f.n_masks + rule.a) * f.mask_q_blocks + item.q_block) as usize;
+            let list = unsafe { (f.block_lists as *const i32).add(row * f.mask_k_blocks as usize) };
+            TileWalk::sparse(span, BK, list, unsafe { *(f.block_counts as *const i32).add(row) })
+        } else {
+            TileWalk::formula(span, BK)
+        };
+        let batch = if p.packed != 0 { 0 } else { item.batch as i32 };
+        let kv_head = (item.head / f.group) as i32;
+        unsafe {
+            mbar_wait(sm.q_empty(), (n_item & 1) ^ 1);
+            mbar_arrive_expect_tx(sm.q_full(), (HOPPER_ROWS * O::D * 2) as u32);
+            for h in 0..halves {
+                tma_load_4d(sm.q + h as u32 * HALF, map_q, sm.q_full(), [h * 64, seq.q_start + i0, item.head as i32, batch]);
+            }
+        }
+        let mut j0 = unsafe { walk.next() };
+        if j0 < 0 {
+            let s = tile % NS;
+            unsafe {
+                mbar_wait(sm.kv_empty(s), ((tile / NS) & 1) ^ 1);
+                *(ring_ptr(sm.ring(s))) = EMPTY;
+                mbar_arrive(sm.k_full(s));
+                mbar_arrive(sm.v_full(s));
+            }
+            tile += 1;
+        }
+        while j0 >= 0 {
+            let next = unsafe { walk.next() };
+            let s = tile % NS;
+            unsafe {
+                mbar_wait(sm.kv_empty(s), ((tile / NS) & 1) ^ 1);
+                *(ring_ptr(sm.ring(s))) = if next < 0 { j0 | LAST } else { j0 };
+                let row = seq.k_start + j0;
+                mbar_arrive_expect_tx(sm.k_full(s), tile_bytes);
+                for h in 0..halves {
+                    tma_load_4d(sm.k + s * tile_bytes + h as u32 * HALF, map_k, sm.k_full(s), [h * 64, row, kv_head, batch]);
+                }
+                mbar_arrive_expect_tx(sm.v_full(s), tile_bytes);
+                for h in 0..halves {
+                    tma_load_4d(sm.v + s * tile_bytes + h as u32 * HALF, map_v, sm.v_full(s), [h * 64, row, kv_head, batch]);
+                }
+            }
+            tile += 1;
+            j0 = next;
+        }
+        n_item += 1;
+        idx += unsafe { core::arch::nvptx::_grid_dim_x() } as u32;
+    }
+}
+
+/// A generic pointer to a shared-memory word given its 32-bit `.shared` address.
+#[inline(always)]
+fn ring_ptr(addr: u32) -> *mut i32 {
+    let r: u64;
+    unsafe {
+        core::arch::asm!("{{ .reg .u64 t; cvt.u64.u32 t, {a}; cvta.shared.u64 {r}, t; }}", a = in(reg32) addr, r = out(reg64) r,
+                         options(pure, nomem, nostack));
+    }
+    r as *mut i32
+}
+
+/// Whether the row sees every key of the tile at `j0`.
+#[inline(always)]
+fn sees_all(w: &RowWindow, j0: i32) -> bool {
+    let j1 = j0 + BK - 1;
+    j1 < w.sink_end || (j0 >= w.lo && j1 <= w.hi)
+}
+
+/// One consumer warpgroup (`c` = 0 or 1: query rows 64c..64c + 64 of each item); `t` is the
+/// thread's index in it.
+#[inline(always)]
+unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperFwdParams, sm: Smem, c: u32, t: u32) {
+    let (warp, lane) = (t / 32, t % 32);
+    let row = (c * 64 + warp * 16 + lane / 4) as i32; // and row + 8
+    let tile_bytes = sm.tile_bytes;
+    // Descriptors of this warpgroup's Q rows, stage 0's K and V; steps add byte offsets / 16.
+    let dq = desc(sm.q + c * (64 * 128), 16, 1024);
+    let dk = desc(sm.k, 16, 1024);
+    let dv = desc(sm.v, HALF, 1024);
+    let k_step = |kk: usize| ((kk / 4) as u32 * HALF + (kk % 4) as u32 * 32) as u64 >> 4;
+    let scale = p.f.scale_log2;
+    let causal = p.f.causal != 0;
+    let mut tile = 0u32;
+    let mut n_item = 0u32;
+    let mut idx = block_idx();
+    while idx < p.n_items {
+        let (item, seq, rule) = item_at(p, idx);
+        let i0 = item.q_block as i32 * BLK;
+        let win = [row_window(rule, causal, seq.q_len, seq.k_len, i0 + row), row_window(rule, causal, seq.q_len, seq.k_len, i0 + row + 8)];
+        let mut o = O::zero();
+        let mut m = [f32::NEG_INFINITY; 2];
+        let mut l = [0.0f32; 2];
+        unsafe { mbar_wait(sm.q_full(), n_item & 1) };
+        loop {
+            let s = tile % NS;
+            let ph = (tile / NS) & 1;
+            unsafe { mbar_wait(sm.k_full(s), ph) };
+            let e = unsafe { ld_shared_u32(sm.ring(s)) } as i32;
+            tile += 1;
+            if e == EMPTY {
+                if lane == 0 {
+                    unsafe {
+                        mbar_arrive(sm.kv_empty(s));
+                        mbar_arrive(sm.q_empty());
+                    }
+                }
+                break;
+            }
+            let last = e & LAST != 0;
+            let j0 = e & !LAST;
+
+            // S = Q Kᵀ.
+            let mut sc = [0.0f32; 64];
+            let dks = dk + ((s * tile_bytes) as u64 >> 4);
+            unsafe {
+                keep(&mut sc);
+                wgmma::fence();
+                for kk in 0..O::D / 16 {
+                    E::mma_ss_n128(&mut sc, dq + k_step(kk), dks + k_step(kk), kk > 0);
+                }
+                wgmma::commit();
+                wgmma::wait::<0>();
+                keep(&mut sc);
+            }
+            if last && lane == 0 {
+                unsafe { mbar_arrive(sm.q_empty()) };
+            }
+
+            // Token mask, only on rows that do not see the whole tile.
+            let base = j0 + (lane % 4) as i32 * 2;
+            for h in 0..2 {
+                let w = &win[h];
+                if !sees_all(w, j0) {
+                    let (sink, lo, hi) = (w.sink_end.saturating_sub(base), w.lo.saturating_sub(base), w.hi.saturating_sub(base));
+                    for n in 0..16 {
+                        for e in 0..2 {
+                            let col = (n * 8 + e) as i32;
+                            if !(col < sink || (lo <= col && col <= hi)) {
+                                sc[4 * n + 2 * h + e] = f32::NEG_INFINITY;
+                            }
+                        }
+                    }
+                }
+            }
+
+            // Online softmax with the lazy rescale of the portable kernel.
+            let mut rowmax = [f32::NEG_INFINITY; 2];
+            let mut grow = false;
+            for h in 0..2 {
+                let mut mx = f32::NEG_INFINITY;
+                for n in 0..16 {
+                    mx = mx.max(sc[4 * n + 2 * h]).max(sc[4 * n + 2 * h + 1]);
+                }
+                mx = mx.max(shfl_xor(mx, 1));
+                mx = mx.max(shfl_xor(mx, 2));
+                rowmax[h] = mx * scale;
+                grow |= rowmax[h] > m[h] + RESCALE_SLACK;
+            }
+            if vote_any(grow) {
+                for h in 0..2 {
+                    let m_new = m[h].max(rowmax[h]);
+                    let m_use = if m_new == f32::NEG_INFINITY { 0.0 } else { m_new };
+                    let alpha = exp2(m[h] - m_use);
+                    m[h] = m_new;
+                    l[h] *= alpha;
+                    let ov = o.v();
+                    for n in 0..O::D / 8 {
+                        ov[4 * n + 2 * h] *= alpha;
+                        ov[4 * n + 2 * h + 1] *= alpha;
+                    }
+                }
+            }
+            let mut pf = [0u32; 32];
+            for h in 0..2 {
+                let m_use = if m[h] == f32::NEG_INFINITY { 0.0 } else { m[h] };
+                let mut sum = 0.0f32;
+                for n in 0..16 {
+                    let (a, b) = (exp2(fma(sc[4 * n + 2 * h], scale, -m_use)), exp2(fma(sc[4 * n + 2 * h + 1], scale, -m_use)));
+                    sum += a + b;
+                    // The A fragment of 16-key step n / 2: a0/a1 from 8-column block 2kk, a2/a3 from 2kk + 1.
+                    pf[4 * (n / 2) + 2 * (n % 2) + h] = E::pack2(a, b);
+                }
+                l[h] += sum;
+            }
+
+            // O += P V.
+            let dvs = dv + ((s * tile_bytes) as u64 >> 4);
+            unsafe {
+                mbar_wait(sm.v_full(s), ph);
+                keep(&mut o);
+                keep(&mut pf);
+                wgmma::fence();
+                for kk in 0..BK as usize / 16 {
+                    o.mma::<E>([pf[4 * kk], pf[4 * kk + 1], pf[4 * kk + 2], pf[4 * kk + 3]], dvs + ((kk as u32 * 16 * 128) as u64 >> 4));
+                }
+                wgmma::commit();
+                wgmma::wait::<0>();
+                keep(&mut o);
+            }
+            if lane == 0 {
+                unsafe { mbar_arrive(sm.kv_empty(s)) };
+            }
+            if last {
+                break;
+            }
+        }
+
+        // Epilogue: normalise, write o and lse. Rows that saw no key get o = 0, lse = -inf.
+        let f = &p.f;
+        let valid_chunks = f.head_dim / 8;
+        for h in 0..2 {
+            let mut sum = l[h];
+            sum += shfl_xor(sum, 1);
+            sum += shfl_xor(sum, 2);
+            let i = i0 + row + 8 * h as i32;
+            if i >= seq.q_len {
+                continue;
+            }
+            let (inv, lse) = if sum > 0.0 { (1.0 / sum, (m[h] + log2(sum)) * LN2) } else { (0.0, f32::NEG_INFINITY) };
+            let o_row = f.o + 2 * elem_offset(&f.o_strides, item.batch, seq.q_start + i, item.head) as u64;
+            let ov = o.v();
+            for n in 0..O::D / 8 {
+                if (n as u32) < valid_chunks {
+                    let v = E::pack2(ov[4 * n + 2 * h] * inv, ov[4 * n + 2 * h + 1] * inv);
+                    unsafe { *((o_row + 2 * (n as u64 * 8 + (lane % 4) as u64 * 2)) as *mut u32) = v };
+                }
+            }
+            if lane % 4 == 0 {
+                let at = item.batch as i64 * f.lse_batch + item.head as i64 * f.lse_head + (seq.q_start + i) as i64;
+                unsafe { *(f.lse as *mut f32).add(at as usize) = lse };
+            }
+        }
+        n_item += 1;
+        idx += unsafe { core::arch::nvptx::_grid_dim_x() } as u32;
+    }
+}
