@@ -178,7 +178,7 @@ pub const HOPPER_ROWS: usize = 128;
 /// Keys per Hopper forward tile: one mask block.
 pub const HOPPER_KEYS: usize = 128;
 /// K/V stages of the Hopper forward's shared-memory ring.
-pub const HOPPER_STAGES: usize = 2;
+pub const HOPPER_STAGES: usize = 3;
 /// Threads per Hopper forward CTA: one producer warpgroup (TMA) and two consumer warpgroups.
 pub const HOPPER_THREADS: u32 = 384;
 /// Bytes of one `CUtensorMap`.

@@ -4,8 +4,9 @@
 //! A CTA of three warpgroups loops over work items `blockIdx.x, blockIdx.x + gridDim.x, ...`
 //! (the plan orders them heaviest first, so every round hands out similar work). Warpgroup 0
 //! is the producer: one thread walks each item's key tiles (128 keys, one mask block) and
-//! brings Q and the K/V tiles in with TMA, into a ring of `HOPPER_STAGES` stages guarded by
-//! mbarriers; it keeps 40 registers. Warpgroups 1 and 2 are the consumers, 64 query rows each,
+//! brings Q and the K/V tiles in with TMA, into rings of `HOPPER_STAGES` K and V stages guarded
+//! by mbarriers (K and V apart, so a K stage refills while its V is still in use); it keeps 40
+//! registers. Warpgroups 1 and 2 are the consumers, 64 query rows each,
 //! with 232 registers: S = Q Kᵀ by wgmma from shared memory, the token mask on partial tiles
 //! only, the online softmax in registers, then O += P V by wgmma with P straight from the S
 //! registers. The two consumers are not synchronised with each other, so the softmax of one
@@ -110,11 +111,14 @@ impl Smem {
     fn v_full(&self, s: u32) -> u32 {
         self.bars + 16 + 8 * (NS + s)
     }
-    fn kv_empty(&self, s: u32) -> u32 {
+    fn k_empty(&self, s: u32) -> u32 {
         self.bars + 16 + 8 * (2 * NS + s)
     }
+    fn v_empty(&self, s: u32) -> u32 {
+        self.bars + 16 + 8 * (3 * NS + s)
+    }
     fn ring(&self, s: u32) -> u32 {
-        self.bars + 16 + 24 * NS + 4 * s
+        self.bars + 16 + 32 * NS + 4 * s
     }
 }
 
@@ -137,7 +141,8 @@ pub unsafe fn attn_fwd_hopper<E: Element + WgElement, O: OAcc>(p: &HopperFwdPara
             for s in 0..NS {
                 mbar_init(sm.k_full(s), 1);
                 mbar_init(sm.v_full(s), 1);
-                mbar_init(sm.kv_empty(s), CONSUMER_WARPS);
+                mbar_init(sm.k_empty(s), CONSUMER_WARPS);
+                mbar_init(sm.v_empty(s), CONSUMER_WARPS);
             }
             fence_mbar_init();
         }
@@ -195,10 +200,12 @@ unsafe fn producer<O: OAcc>(p: &HopperFwdParams, sm: Smem) {
         let mut j0 = unsafe { walk.next() };
         if j0 < 0 {
             let s = tile % NS;
+            let free = ((tile / NS) & 1) ^ 1;
             unsafe {
-                mbar_wait(sm.kv_empty(s), ((tile / NS) & 1) ^ 1);
+                mbar_wait(sm.k_empty(s), free);
                 *(ring_ptr(sm.ring(s))) = EMPTY;
                 mbar_arrive(sm.k_full(s));
+                mbar_wait(sm.v_empty(s), free);
                 mbar_arrive(sm.v_full(s));
             }
             tile += 1;
@@ -206,14 +213,16 @@ unsafe fn producer<O: OAcc>(p: &HopperFwdParams, sm: Smem) {
         while j0 >= 0 {
             let next = unsafe { walk.next() };
             let s = tile % NS;
+            let free = ((tile / NS) & 1) ^ 1;
             unsafe {
-                mbar_wait(sm.kv_empty(s), ((tile / NS) & 1) ^ 1);
+                mbar_wait(sm.k_empty(s), free);
                 *(ring_ptr(sm.ring(s))) = if next < 0 { j0 | LAST } else { j0 };
                 let row = seq.k_start + j0;
                 mbar_arrive_expect_tx(sm.k_full(s), tile_bytes);
                 for h in 0..halves {
                     tma_load_4d(sm.k + s * tile_bytes + h as u32 * HALF, map_k, sm.k_full(s), [h * 64, row, kv_head, batch]);
                 }
+                mbar_wait(sm.v_empty(s), free);
                 mbar_arrive_expect_tx(sm.v_full(s), tile_bytes);
                 for h in 0..halves {
                     tma_load_4d(sm.v + s * tile_bytes + h as u32 * HALF, map_v, sm.v_full(s), [h * 64, row, kv_head, batch]);
@@ -245,142 +254,232 @@ fn sees_all(w: &RowWindow, j0: i32) -> bool {
     j1 < w.sink_end || (j0 >= w.lo && j1 <= w.hi)
 }
 
+/// Per-thread state of one consumer for one work item: its two rows' windows, running max and
+/// sum, and the descriptors it issues products with.
+struct Rows {
+    win: [RowWindow; 2],
+    m: [f32; 2],
+    l: [f32; 2],
+}
+
+/// Issues S = Q Kᵀ for the K tile of stage `s` (one commit group; not waited for).
+#[inline(always)]
+unsafe fn issue_s<E: WgElement, O: OAcc>(sc: &mut [f32; 64], dq: u64, dk: u64) {
+    let k_step = |kk: usize| ((kk / 4) as u32 * HALF + (kk % 4) as u32 * 32) as u64 >> 4;
+    unsafe {
+        keep(sc);
+        wgmma::fence();
+        for kk in 0..O::D / 16 {
+            E::mma_ss_n128(sc, dq + k_step(kk), dk + k_step(kk), kk > 0);
+        }
+        wgmma::commit();
+    }
+}
+
+/// Issues O += P V for the V tile at descriptor `dv` (one commit group; not waited for).
+#[inline(always)]
+unsafe fn issue_pv<E: WgElement, O: OAcc>(o: &mut O, pf: &mut [u32; 32], dv: u64) {
+    unsafe {
+        keep(o);
+        keep(pf);
+        wgmma::fence();
+        for kk in 0..BK as usize / 16 {
+            o.mma::<E>([pf[4 * kk], pf[4 * kk + 1], pf[4 * kk + 2], pf[4 * kk + 3]], dv + ((kk as u32 * 16 * 128) as u64 >> 4));
+        }
+        wgmma::commit();
+    }
+}
+
+/// Masks the scores of the tile at `j0` (rows that see all of it are left alone), updates the
+/// running max and sum, and turns the scores into probabilities in place. Returns the factors
+/// that O must be scaled by when the max moved (lazily: only by more than `RESCALE_SLACK`).
+#[inline(always)]
+fn softmax(sc: &mut [f32; 64], r: &mut Rows, j0: i32, lane: u32, scale: f32) -> Option<[f32; 2]> {
+    let base = j0 + (lane % 4) as i32 * 2;
+    for h in 0..2 {
+        let w = &r.win[h];
+        if !sees_all(w, j0) {
+            // Bounds relative to the thread's first column: each test is against an immediate.
+            let (sink, lo, hi) = (w.sink_end.saturating_sub(base), w.lo.saturating_sub(base), w.hi.saturating_sub(base));
+            for n in 0..16 {
+                for e in 0..2 {
+                    let col = (n * 8 + e) as i32;
+                    if !(col < sink || (lo <= col && col <= hi)) {
+                        sc[4 * n + 2 * h + e] = f32::NEG_INFINITY;
+                    }
+                }
+            }
+        }
+    }
+    let mut rowmax = [f32::NEG_INFINITY; 2];
+    let mut grow = false;
+    for h in 0..2 {
+        let mut mx = f32::NEG_INFINITY;
+        for n in 0..16 {
+            mx = mx.max(sc[4 * n + 2 * h]).max(sc[4 * n + 2 * h + 1]);
+        }
+        mx = mx.max(shfl_xor(mx, 1));
+        mx = mx.max(shfl_xor(mx, 2));
+        rowmax[h] = mx * scale;
+        grow |= rowmax[h] > r.m[h] + RESCALE_SLACK;
+    }
+    let mut alpha = None;
+    if vote_any(grow) {
+        let mut a = [1.0f32; 2];
+        for h in 0..2 {
+            let m_new = r.m[h].max(rowmax[h]);
+            // A row that has seen nothing keeps m = -inf; exponents then use 0 so that
+            // exp2(-inf - m) is 0, never NaN.
+            let m_use = if m_new == f32::NEG_INFINITY { 0.0 } else { m_new };
+            a[h] = exp2(r.m[h] - m_use);
+            r.m[h] = m_new;
+            r.l[h] *= a[h];
+        }
+        alpha = Some(a);
+    }
+    for h in 0..2 {
+        let m_use = if r.m[h] == f32::NEG_INFINITY { 0.0 } else { r.m[h] };
+        let mut sum = 0.0f32;
+        for n in 0..16 {
+            for e in 0..2 {
+                let x = exp2(fma(sc[4 * n + 2 * h + e], scale, -m_use));
+                sc[4 * n + 2 * h + e] = x;
+                sum += x;
+            }
+        }
+        r.l[h] += sum;
+    }
+    alpha
+}
+
+/// Scales both rows of O.
+#[inline(always)]
+fn rescale<O: OAcc>(o: &mut O, alpha: [f32; 2]) {
+    let ov = o.v();
+    for n in 0..O::D / 8 {
+        for h in 0..2 {
+            ov[4 * n + 2 * h] *= alpha[h];
+            ov[4 * n + 2 * h + 1] *= alpha[h];
+        }
+    }
+}
+
+/// The probabilities as A fragments of the P V product: the 16-key step `kk` takes `a0`/`a1`
+/// from 8-column block `2kk` (rows g, g + 8) and `a2`/`a3` from block `2kk + 1`.
+#[inline(always)]
+fn pack_p<E: Element>(sc: &[f32; 64]) -> [u32; 32] {
+    let mut pf = [0u32; 32];
+    for n in 0..16 {
+        for h in 0..2 {
+            pf[4 * (n / 2) + 2 * (n % 2) + h] = E::pack2(sc[4 * n + 2 * h], sc[4 * n + 2 * h + 1]);
+        }
+    }
+    pf
+}
+
 /// One consumer warpgroup (`c` = 0 or 1: query rows 64c..64c + 64 of each item); `t` is the
 /// thread's index in it.
+///
+/// Software-pipelined over the key tiles (FlashAttention-3's intra-warpgroup overlap): while
+/// the softmax of tile j runs on the CUDA cores, the tensor cores compute P(j-1) V(j-1), issued
+/// together with S(j) = Q K(j)ᵀ. A K stage goes back to the producer as soon as S is done, a V
+/// stage once its P V is done.
+///
+/// The two consumers are not made to take turns ("ping-pong" on named barriers, as in
+/// FlashAttention-3): measured on the H200 with split K/V rings it cost 5-20% (docs/perf-notes.md).
 #[inline(always)]
 unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperFwdParams, sm: Smem, c: u32, t: u32) {
     let (warp, lane) = (t / 32, t % 32);
     let row = (c * 64 + warp * 16 + lane / 4) as i32; // and row + 8
     let tile_bytes = sm.tile_bytes;
-    // Descriptors of this warpgroup's Q rows, stage 0's K and V; steps add byte offsets / 16.
+    // Descriptors of this warpgroup's Q rows, stage 0's K and V; stages add byte offsets / 16.
     let dq = desc(sm.q + c * (64 * 128), 16, 1024);
-    let dk = desc(sm.k, 16, 1024);
-    let dv = desc(sm.v, HALF, 1024);
-    let k_step = |kk: usize| ((kk / 4) as u32 * HALF + (kk % 4) as u32 * 32) as u64 >> 4;
+    let dk = |s: u32| desc(sm.k, 16, 1024) + ((s * tile_bytes) as u64 >> 4);
+    let dv = |s: u32| desc(sm.v, HALF, 1024) + ((s * tile_bytes) as u64 >> 4);
     let scale = p.f.scale_log2;
     let causal = p.f.causal != 0;
+    let grid = unsafe { core::arch::nvptx::_grid_dim_x() } as u32;
     let mut tile = 0u32;
     let mut n_item = 0u32;
     let mut idx = block_idx();
     while idx < p.n_items {
         let (item, seq, rule) = item_at(p, idx);
         let i0 = item.q_block as i32 * BLK;
-        let win = [row_window(rule, causal, seq.q_len, seq.k_len, i0 + row), row_window(rule, causal, seq.q_len, seq.k_len, i0 + row + 8)];
+        let mut r = Rows {
+            win: [row_window(rule, causal, seq.q_len, seq.k_len, i0 + row), row_window(rule, causal, seq.q_len, seq.k_len, i0 + row + 8)],
+            m: [f32::NEG_INFINITY; 2],
+            l: [0.0; 2],
+        };
         let mut o = O::zero();
-        let mut m = [f32::NEG_INFINITY; 2];
-        let mut l = [0.0f32; 2];
         unsafe { mbar_wait(sm.q_full(), n_item & 1) };
-        loop {
-            let s = tile % NS;
-            let ph = (tile / NS) & 1;
-            unsafe { mbar_wait(sm.k_full(s), ph) };
-            let e = unsafe { ld_shared_u32(sm.ring(s)) } as i32;
-            tile += 1;
-            if e == EMPTY {
-                if lane == 0 {
-                    unsafe {
-                        mbar_arrive(sm.kv_empty(s));
-                        mbar_arrive(sm.q_empty());
-                    }
+        let (mut s, mut ph) = (tile % NS, (tile / NS) & 1);
+        unsafe { mbar_wait(sm.k_full(s), ph) };
+        let mut e = unsafe { ld_shared_u32(sm.ring(s)) } as i32;
+        tile += 1;
+        if e == EMPTY {
+            if lane == 0 {
+                unsafe {
+                    mbar_arrive(sm.k_empty(s));
+                    mbar_arrive(sm.v_empty(s));
+                    mbar_arrive(sm.q_empty());
                 }
-                break;
             }
-            let last = e & LAST != 0;
-            let j0 = e & !LAST;
-
-            // S = Q Kᵀ.
+        } else {
             let mut sc = [0.0f32; 64];
-            let dks = dk + ((s * tile_bytes) as u64 >> 4);
             unsafe {
-                keep(&mut sc);
-                wgmma::fence();
-                for kk in 0..O::D / 16 {
-                    E::mma_ss_n128(&mut sc, dq + k_step(kk), dks + k_step(kk), kk > 0);
-                }
-                wgmma::commit();
+                issue_s::<E, O>(&mut sc, dq, dk(s));
                 wgmma::wait::<0>();
                 keep(&mut sc);
             }
-            if last && lane == 0 {
-                unsafe { mbar_arrive(sm.q_empty()) };
+            if lane == 0 {
+                unsafe { mbar_arrive(sm.k_empty(s)) };
+                if e & LAST != 0 {
+                    unsafe { mbar_arrive(sm.q_empty()) };
+                }
             }
-
-            // Token mask, only on rows that do not see the whole tile.
-            let base = j0 + (lane % 4) as i32 * 2;
-            for h in 0..2 {
-                let w = &win[h];
-                if !sees_all(w, j0) {
-                    let (sink, lo, hi) = (w.sink_end.saturating_sub(base), w.lo.saturating_sub(base), w.hi.saturating_sub(base));
-                    for n in 0..16 {
-                        for e in 0..2 {
-                            let col = (n * 8 + e) as i32;
-                            if !(col < sink || (lo <= col && col <= hi)) {
-                                sc[4 * n + 2 * h + e] = f32::NEG_INFINITY;
-                            }
-                        }
+            softmax(&mut sc, &mut r, e & !LAST, lane, scale); // O is still zero: no rescale
+            let mut pf = pack_p::<E>(&sc);
+            while e & LAST == 0 {
+                let (prev, prev_ph) = (s, ph);
+                (s, ph) = (tile % NS, (tile / NS) & 1);
+                unsafe { mbar_wait(sm.k_full(s), ph) };
+                e = unsafe { ld_shared_u32(sm.ring(s)) } as i32;
+                tile += 1;
+                unsafe {
+                    issue_s::<E, O>(&mut sc, dq, dk(s));
+                    mbar_wait(sm.v_full(prev), prev_ph);
+                    issue_pv::<E, O>(&mut o, &mut pf, dv(prev));
+                    wgmma::wait::<1>(); // S(j) is done (groups complete in order)
+                    keep(&mut sc);
+                }
+                if lane == 0 {
+                    unsafe { mbar_arrive(sm.k_empty(s)) };
+                    if e & LAST != 0 {
+                        unsafe { mbar_arrive(sm.q_empty()) };
                     }
                 }
-            }
-
-            // Online softmax with the lazy rescale of the portable kernel.
-            let mut rowmax = [f32::NEG_INFINITY; 2];
-            let mut grow = false;
-            for h in 0..2 {
-                let mut mx = f32::NEG_INFINITY;
-                for n in 0..16 {
-                    mx = mx.max(sc[4 * n + 2 * h]).max(sc[4 * n + 2 * h + 1]);
+                let alpha = softmax(&mut sc, &mut r, e & !LAST, lane, scale);
+                unsafe {
+                    wgmma::wait::<0>(); // P(j-1) V(j-1) is done
+                    keep(&mut o);
+                    keep(&mut pf);
                 }
-                mx = mx.max(shfl_xor(mx, 1));
-                mx = mx.max(shfl_xor(mx, 2));
-                rowmax[h] = mx * scale;
-                grow |= rowmax[h] > m[h] + RESCALE_SLACK;
-            }
-            if vote_any(grow) {
-                for h in 0..2 {
-                    let m_new = m[h].max(rowmax[h]);
-                    let m_use = if m_new == f32::NEG_INFINITY { 0.0 } else { m_new };
-                    let alpha = exp2(m[h] - m_use);
-                    m[h] = m_new;
-                    l[h] *= alpha;
-                    let ov = o.v();
-                    for n in 0..O::D / 8 {
-                        ov[4 * n + 2 * h] *= alpha;
-                        ov[4 * n + 2 * h + 1] *= alpha;
-                    }
+                if lane == 0 {
+                    unsafe { mbar_arrive(sm.v_empty(prev)) };
                 }
-            }
-            let mut pf = [0u32; 32];
-            for h in 0..2 {
-                let m_use = if m[h] == f32::NEG_INFINITY { 0.0 } else { m[h] };
-                let mut sum = 0.0f32;
-                for n in 0..16 {
-                    let (a, b) = (exp2(fma(sc[4 * n + 2 * h], scale, -m_use)), exp2(fma(sc[4 * n + 2 * h + 1], scale, -m_use)));
-                    sum += a + b;
-                    // The A fragment of 16-key step n / 2: a0/a1 from 8-column block 2kk, a2/a3 from 2kk + 1.
-                    pf[4 * (n / 2) + 2 * (n % 2) + h] = E::pack2(a, b);
+                if let Some(a) = alpha {
+                    rescale(&mut o, a);
                 }
-                l[h] += sum;
+                pf = pack_p::<E>(&sc);
             }
-
-            // O += P V.
-            let dvs = dv + ((s * tile_bytes) as u64 >> 4);
             unsafe {
                 mbar_wait(sm.v_full(s), ph);
-                keep(&mut o);
-                keep(&mut pf);
-                wgmma::fence();
-                for kk in 0..BK as usize / 16 {
-                    o.mma::<E>([pf[4 * kk], pf[4 * kk + 1], pf[4 * kk + 2], pf[4 * kk + 3]], dvs + ((kk as u32 * 16 * 128) as u64 >> 4));
-                }
-                wgmma::commit();
+                issue_pv::<E, O>(&mut o, &mut pf, dv(s));
                 wgmma::wait::<0>();
                 keep(&mut o);
             }
             if lane == 0 {
-                unsafe { mbar_arrive(sm.kv_empty(s)) };
-            }
-            if last {
-                break;
+                unsafe { mbar_arrive(sm.v_empty(s)) };
             }
         }
 
@@ -388,14 +487,14 @@ unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperFwdParams, sm: Sme
         let f = &p.f;
         let valid_chunks = f.head_dim / 8;
         for h in 0..2 {
-            let mut sum = l[h];
+            let mut sum = r.l[h];
             sum += shfl_xor(sum, 1);
             sum += shfl_xor(sum, 2);
             let i = i0 + row + 8 * h as i32;
             if i >= seq.q_len {
                 continue;
             }
-            let (inv, lse) = if sum > 0.0 { (1.0 / sum, (m[h] + log2(sum)) * LN2) } else { (0.0, f32::NEG_INFINITY) };
+            let (inv, lse) = if sum > 0.0 { (1.0 / sum, (r.m[h] + log2(sum)) * LN2) } else { (0.0, f32::NEG_INFINITY) };
             let o_row = f.o + 2 * elem_offset(&f.o_strides, item.batch, seq.q_start + i, item.head) as u64;
             let ov = o.v();
             for n in 0..O::D / 8 {
@@ -410,6 +509,6 @@ unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperFwdParams, sm: Sme
             }
         }
         n_item += 1;
-        idx += unsafe { core::arch::nvptx::_grid_dim_x() } as u32;
+        idx += grid;
     }
 }
