@@ -194,14 +194,18 @@ pub struct HopperFwdParams {
     /// `(64, 128, 1, 1)` with the 128-byte swizzle. Packed (variable-length) tensors have one
     /// batch entry and address sequences by their token offset.
     pub tensor_maps: u64,
-    /// Work items in `f.items`; CTA `c` runs items `c, c + gridDim.x, ...` (persistent grid).
+    /// `*mut u32`, zero at launch: items `gridDim.x + counter++` are handed out in turn once
+    /// every CTA has taken item `blockIdx.x` (persistent grid, dynamic scheduling).
+    pub counter: u64,
+    /// Work items in `f.items`.
     pub n_items: u32,
     /// 1 when the tensors are packed (variable-length): the batch coordinate is always 0.
     pub packed: u32,
 }
 
-/// Dynamic shared memory of the Hopper forward kernel at head dim `d`: Q, the K and V ring, then
-/// the barriers and the tile ring (one 1 KiB block, keeping the tiles 1 KiB aligned).
+/// Dynamic shared memory of the Hopper forward kernel at head dim `d`: Q, the K and V rings,
+/// then the barriers, the tile ring and the item slot (one 1 KiB block, keeping the tiles 1 KiB
+/// aligned).
 pub const fn hopper_fwd_smem_bytes(d: usize) -> usize {
     (HOPPER_ROWS + 2 * HOPPER_STAGES * HOPPER_KEYS) * d * 2 + 1024
 }

@@ -1,7 +1,7 @@
 //! The GPU forward pass: a reusable plan per call shape, then launches on the caller's stream.
 use std::sync::Arc;
 
-use attn_common::{BwdParams, CompactParams, FwdParams, HOPPER_THREADS, HopperFwdParams, Strides};
+use attn_common::{BwdParams, CompactParams, FwdParams, HOPPER_THREADS, HopperFwdParams, Strides, TENSOR_MAP_BYTES};
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg, SyncOnDrop, ValidAsZeroBits};
 
 use crate::device::{Device, FWD_HEAD_DIMS};
@@ -220,9 +220,18 @@ impl Attention {
         let params = self.fwd_params(&tables.ptrs(), io, lsep, (lp, cp));
         if let Some(maps) = self.hopper_maps::<T>(device, &io) {
             let kernel = &device.hopper_fwd.as_ref().expect("hopper_maps checked it")[T::KERNEL][(spec.head_dim > 64) as usize];
-            let maps = stream.clone_htod(&maps.concat())?;
-            let (mp, _g8) = maps.device_ptr(stream);
-            let hp = HopperFwdParams { f: params, tensor_maps: mp, n_items: self.n_items, packed: spec.is_varlen() as u32 };
+            // One upload per call: the three maps, then the (zeroed) work counter.
+            let mut bytes = maps.concat();
+            bytes.resize(bytes.len() + 16, 0);
+            let bytes = stream.clone_htod(&bytes)?;
+            let (mp, _g8) = bytes.device_ptr(stream);
+            let hp = HopperFwdParams {
+                f: params,
+                tensor_maps: mp,
+                counter: mp + 3 * TENSOR_MAP_BYTES as u64,
+                n_items: self.n_items,
+                packed: spec.is_varlen() as u32,
+            };
             let grid = self.n_items.min(device.sm_count());
             let cfg = LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (HOPPER_THREADS, 1, 1), shared_mem_bytes: kernel.smem_bytes() as u32 };
             let arg = ByValue(hp);

@@ -218,19 +218,32 @@ fn item_cost(spec: &AttentionSpec, counts: Option<&[i32]>, b: usize, h: usize, q
     }
 }
 
-/// Every (batch, head, query block) of the call, heaviest first (ties in natural order), so the
-/// long rows start first and the short ones fill the tail of the launch.
+/// Bytes of K and V that the work items of one group may share through L2 (H100: 50 MB).
+const L2_GROUP_BYTES: usize = 16 << 20;
+
+/// Every (batch, head, query block) of the call. Query heads are taken in groups whose keys and
+/// values fit in L2 together (a head's K and V count once per GQA group), groups in order;
+/// inside a group, heaviest first (ties in natural order). Kernels that hand out items
+/// dynamically then keep the heads they read from L2 few, and the long rows of every group start
+/// first, the short ones filling the tail.
 pub fn work_items(spec: &AttentionSpec, counts: Option<&[i32]>) -> Vec<WorkItem> {
     let mut items = Vec::new();
+    let (mut group, mut group_bytes) = (0usize, 0usize);
     for b in 0..spec.batch() {
-        let q_blocks = (spec.seq(b).q_len as usize).div_ceil(BLOCK);
+        let seq = spec.seq(b);
+        let q_blocks = (seq.q_len as usize).div_ceil(BLOCK);
+        let head_bytes = (seq.k_len as usize * spec.head_dim * 4).div_ceil(spec.group());
         for h in 0..spec.heads_q {
+            if group_bytes > 0 && group_bytes + head_bytes > L2_GROUP_BYTES {
+                (group, group_bytes) = (group + 1, 0);
+            }
+            group_bytes += head_bytes;
             for qb in 0..q_blocks {
                 let cost = item_cost(spec, counts, b, h, qb);
-                items.push((cost, WorkItem { batch: b as u32, head: h as u32, q_block: qb as u32, _pad: 0 }));
+                items.push(((group, std::cmp::Reverse(cost)), WorkItem { batch: b as u32, head: h as u32, q_block: qb as u32, _pad: 0 }));
             }
         }
     }
-    items.sort_by_key(|&(cost, _)| std::cmp::Reverse(cost));
+    items.sort_by_key(|&(key, _)| key);
     items.into_iter().map(|(_, it)| it).collect()
 }

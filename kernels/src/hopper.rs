@@ -1,9 +1,9 @@
 //! The Hopper forward kernel (sm_90a): TMA, mbarriers, wgmma, warp specialisation and a
 //! persistent grid.
 //!
-//! A CTA of three warpgroups loops over work items `blockIdx.x, blockIdx.x + gridDim.x, ...`
-//! (the plan orders them heaviest first, so every round hands out similar work). Warpgroup 0
-//! is the producer: one thread walks each item's key tiles (128 keys, one mask block) and
+//! A CTA of three warpgroups loops over work items: first item `blockIdx.x`, then the next
+//! untaken one from a global counter (the plan orders them heaviest first within groups of heads
+//! that share L2, so the short items fill the tail). Warpgroup 0 is the producer: one thread walks each item's key tiles (128 keys, one mask block) and
 //! brings Q and the K/V tiles in with TMA, into rings of `HOPPER_STAGES` K and V stages guarded
 //! by mbarriers (K and V apart, so a K stage refills while its V is still in use); it keeps 40
 //! registers. Warpgroups 1 and 2 are the consumers, 64 query rows each,
@@ -12,9 +12,10 @@
 //! registers. The two consumers are not synchronised with each other, so the softmax of one
 //! overlaps the tensor-core work of the other.
 //!
-//! The producer tells the consumers which tile each stage holds through a small ring in shared
-//! memory: the tile's first key, `LAST` on an item's last tile, `EMPTY` for an item with no
-//! tile at all (its rows get o = 0, lse = -inf).
+//! The producer tells the consumers which item comes next (a shared word published with the Q
+//! tile, `NO_ITEM` when the work is done) and which tile each stage holds (a small ring in
+//! shared memory: the tile's first key, `LAST` on an item's last tile, `EMPTY` for an item with
+//! no tile at all, whose rows get o = 0, lse = -inf).
 use attn_common::{
     BLK, HOPPER_KEYS, HOPPER_ROWS, HOPPER_STAGES, HeadRule, HopperFwdParams, KIND_BLOCK_SPARSE, RowSpan, RowWindow, SeqInfo, TENSOR_MAP_BYTES,
     TileWalk, WorkItem, row_window,
@@ -23,7 +24,7 @@ use attn_common::{
 use crate::arch::math::{exp2, fma, log2};
 use crate::arch::mma::Element;
 use crate::arch::smem::{dynamic_smem, ld_shared_u32, smem_u32};
-use crate::arch::sync::{bar_sync, block_idx, shfl_xor, thread_idx, vote_any};
+use crate::arch::sync::{bar_sync, block_idx, shfl_idx, shfl_xor, thread_idx, vote_any};
 use crate::arch::tma::{fence_mbar_init, mbar_arrive, mbar_arrive_expect_tx, mbar_init, mbar_wait, prefetch_tensormap, setmaxnreg_dec, setmaxnreg_inc, tma_load_4d};
 use crate::arch::wgmma::{self, Keep, WgElement, desc, keep};
 use crate::item::elem_offset;
@@ -39,6 +40,8 @@ const HALF: u32 = (HOPPER_ROWS * 128) as u32;
 /// Tile ring entries: the tile's first key, with `LAST` set on the item's last tile.
 const LAST: i32 = 1 << 30;
 const EMPTY: i32 = -1;
+/// The item slot's value once every item has been taken.
+const NO_ITEM: u32 = u32::MAX;
 /// Arrivals that free a stage or the Q tile: lane 0 of each of the 8 consumer warps.
 const CONSUMER_WARPS: u32 = 8;
 
@@ -120,6 +123,10 @@ impl Smem {
     fn ring(&self, s: u32) -> u32 {
         self.bars + 16 + 32 * NS + 4 * s
     }
+    /// The item the Q tile belongs to.
+    fn item(&self) -> u32 {
+        self.bars + 16 + 36 * NS
+    }
 }
 
 #[inline(always)]
@@ -174,7 +181,16 @@ unsafe fn producer<O: OAcc>(p: &HopperFwdParams, sm: Smem) {
     let mut tile = 0u32;
     let mut n_item = 0u32;
     let mut idx = block_idx();
-    while idx < p.n_items {
+    loop {
+        if idx >= p.n_items {
+            // Tell the consumers, once they are done with the last Q tile.
+            unsafe {
+                mbar_wait(sm.q_empty(), (n_item & 1) ^ 1);
+                *(shared_ptr(sm.item())) = NO_ITEM as i32;
+                mbar_arrive(sm.q_full());
+            }
+            break;
+        }
         let (item, seq, rule) = item_at(p, idx);
         let f = &p.f;
         let i0 = item.q_block as i32 * BLK;
@@ -192,6 +208,7 @@ unsafe fn producer<O: OAcc>(p: &HopperFwdParams, sm: Smem) {
         let kv_head = (item.head / f.group) as i32;
         unsafe {
             mbar_wait(sm.q_empty(), (n_item & 1) ^ 1);
+            *(shared_ptr(sm.item())) = idx as i32;
             mbar_arrive_expect_tx(sm.q_full(), (HOPPER_ROWS * O::D * 2) as u32);
             for h in 0..halves {
                 tma_load_4d(sm.q + h as u32 * HALF, map_q, sm.q_full(), [h * 64, seq.q_start + i0, item.head as i32, batch]);
@@ -203,7 +220,7 @@ unsafe fn producer<O: OAcc>(p: &HopperFwdParams, sm: Smem) {
             let free = ((tile / NS) & 1) ^ 1;
             unsafe {
                 mbar_wait(sm.k_empty(s), free);
-                *(ring_ptr(sm.ring(s))) = EMPTY;
+                *(shared_ptr(sm.ring(s))) = EMPTY;
                 mbar_arrive(sm.k_full(s));
                 mbar_wait(sm.v_empty(s), free);
                 mbar_arrive(sm.v_full(s));
@@ -216,7 +233,7 @@ unsafe fn producer<O: OAcc>(p: &HopperFwdParams, sm: Smem) {
             let free = ((tile / NS) & 1) ^ 1;
             unsafe {
                 mbar_wait(sm.k_empty(s), free);
-                *(ring_ptr(sm.ring(s))) = if next < 0 { j0 | LAST } else { j0 };
+                *(shared_ptr(sm.ring(s))) = if next < 0 { j0 | LAST } else { j0 };
                 let row = seq.k_start + j0;
                 mbar_arrive_expect_tx(sm.k_full(s), tile_bytes);
                 for h in 0..halves {
@@ -232,19 +249,36 @@ unsafe fn producer<O: OAcc>(p: &HopperFwdParams, sm: Smem) {
             j0 = next;
         }
         n_item += 1;
-        idx += unsafe { core::arch::nvptx::_grid_dim_x() } as u32;
+        idx = unsafe { core::arch::nvptx::_grid_dim_x() } as u32 + unsafe { atomic_inc(p.counter) };
     }
+}
+
+/// `atom.global.add.u32 old, [ctr], 1`: the counter's value before the increment.
+#[inline(always)]
+unsafe fn atomic_inc(ctr: u64) -> u32 {
+    let old: u32;
+    unsafe { core::arch::asm!("atom.global.add.u32 {0}, [{1}], 1;", out(reg32) old, in(reg64) ctr, options(nostack)) };
+    old
 }
 
 /// A generic pointer to a shared-memory word given its 32-bit `.shared` address.
 #[inline(always)]
-fn ring_ptr(addr: u32) -> *mut i32 {
+fn shared_ptr(addr: u32) -> *mut i32 {
     let r: u64;
     unsafe {
         core::arch::asm!("{{ .reg .u64 t; cvt.u64.u32 t, {a}; cvta.shared.u64 {r}, t; }}", a = in(reg32) addr, r = out(reg64) r,
                          options(pure, nomem, nostack));
     }
     r as *mut i32
+}
+
+/// A shared word the producer published, read by lane 0 and broadcast to the warp: lane 0 is the
+/// one that later arrives to free the word, so its release orders the read before the producer's
+/// next write (a read by every lane would not be ordered by lane 0's arrival).
+#[inline(always)]
+unsafe fn lane0_read(addr: u32, lane: u32) -> u32 {
+    let v = if lane == 0 { unsafe { ld_shared_u32(addr) } } else { 0 };
+    shfl_idx(v, 0)
 }
 
 /// Whether the row sees every key of the tile at `j0`.
@@ -290,6 +324,18 @@ unsafe fn issue_pv<E: WgElement, O: OAcc>(o: &mut O, pf: &mut [u32; 32], dv: u64
     }
 }
 
+/// Sets to -inf the scores of row `h` whose column (relative to the thread's first) fails `sees`.
+#[inline(always)]
+fn mask_row(sc: &mut [f32; 64], h: usize, sees: impl Fn(i32) -> bool) {
+    for n in 0..16 {
+        for e in 0..2 {
+            if !sees((n * 8 + e) as i32) {
+                sc[4 * n + 2 * h + e] = f32::NEG_INFINITY;
+            }
+        }
+    }
+}
+
 /// Masks the scores of the tile at `j0` (rows that see all of it are left alone), updates the
 /// running max and sum, and turns the scores into probabilities in place. Returns the factors
 /// that O must be scaled by when the max moved (lazily: only by more than `RESCALE_SLACK`).
@@ -300,14 +346,16 @@ fn softmax(sc: &mut [f32; 64], r: &mut Rows, j0: i32, lane: u32, scale: f32) -> 
         let w = &r.win[h];
         if !sees_all(w, j0) {
             // Bounds relative to the thread's first column: each test is against an immediate.
+            // Most partial tiles are cut by one bound only (the causal diagonal or a window's
+            // upper edge, or a window's lower edge): one test per element then.
             let (sink, lo, hi) = (w.sink_end.saturating_sub(base), w.lo.saturating_sub(base), w.hi.saturating_sub(base));
-            for n in 0..16 {
-                for e in 0..2 {
-                    let col = (n * 8 + e) as i32;
-                    if !(col < sink || (lo <= col && col <= hi)) {
-                        sc[4 * n + 2 * h + e] = f32::NEG_INFINITY;
-                    }
-                }
+            let no_sink = j0 >= w.sink_end;
+            if no_sink && j0 >= w.lo {
+                mask_row(sc, h, |c| c <= hi);
+            } else if no_sink && j0 + BK - 1 <= w.hi {
+                mask_row(sc, h, |c| lo <= c);
+            } else {
+                mask_row(sc, h, |c| c < sink || (lo <= c && c <= hi));
             }
         }
     }
@@ -398,11 +446,14 @@ unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperFwdParams, sm: Sme
     let dv = |s: u32| desc(sm.v, HALF, 1024) + ((s * tile_bytes) as u64 >> 4);
     let scale = p.f.scale_log2;
     let causal = p.f.causal != 0;
-    let grid = unsafe { core::arch::nvptx::_grid_dim_x() } as u32;
     let mut tile = 0u32;
     let mut n_item = 0u32;
-    let mut idx = block_idx();
-    while idx < p.n_items {
+    loop {
+        unsafe { mbar_wait(sm.q_full(), n_item & 1) };
+        let idx = unsafe { lane0_read(sm.item(), lane) };
+        if idx == NO_ITEM {
+            break;
+        }
         let (item, seq, rule) = item_at(p, idx);
         let i0 = item.q_block as i32 * BLK;
         let mut r = Rows {
@@ -411,10 +462,9 @@ unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperFwdParams, sm: Sme
             l: [0.0; 2],
         };
         let mut o = O::zero();
-        unsafe { mbar_wait(sm.q_full(), n_item & 1) };
         let (mut s, mut ph) = (tile % NS, (tile / NS) & 1);
         unsafe { mbar_wait(sm.k_full(s), ph) };
-        let mut e = unsafe { ld_shared_u32(sm.ring(s)) } as i32;
+        let mut e = unsafe { lane0_read(sm.ring(s), lane) } as i32;
         tile += 1;
         if e == EMPTY {
             if lane == 0 {
@@ -443,7 +493,7 @@ unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperFwdParams, sm: Sme
                 let (prev, prev_ph) = (s, ph);
                 (s, ph) = (tile % NS, (tile / NS) & 1);
                 unsafe { mbar_wait(sm.k_full(s), ph) };
-                e = unsafe { ld_shared_u32(sm.ring(s)) } as i32;
+                e = unsafe { lane0_read(sm.ring(s), lane) } as i32;
                 tile += 1;
                 unsafe {
                     issue_s::<E, O>(&mut sc, dq, dk(s));
@@ -509,6 +559,5 @@ unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperFwdParams, sm: Sme
             }
         }
         n_item += 1;
-        idx += grid;
     }
 }

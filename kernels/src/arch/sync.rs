@@ -48,3 +48,14 @@ pub fn vote_any(pred: bool) -> bool {
     }
     r != 0
 }
+
+/// `shfl.sync.idx.b32` over the full warp: lane `src`'s value of `v`.
+#[inline(always)]
+pub fn shfl_idx(v: u32, src: u32) -> u32 {
+    let r: u32;
+    unsafe {
+        asm!("shfl.sync.idx.b32 {0}, {1}, {2}, 0x1f, 0xffffffff;",
+             out(reg32) r, in(reg32) v, in(reg32) src, options(nomem, nostack));
+    }
+    r
+}
