@@ -179,6 +179,8 @@ pub const HOPPER_ROWS: usize = 128;
 pub const HOPPER_KEYS: usize = 128;
 /// K/V stages of the Hopper forward's shared-memory ring.
 pub const HOPPER_STAGES: usize = 3;
+/// Q tiles of the Hopper forward (2: the next item's Q loads while this one runs).
+pub const HOPPER_Q_TILES: usize = 1;
 /// Threads per Hopper forward CTA: one producer warpgroup (TMA) and two consumer warpgroups.
 pub const HOPPER_THREADS: u32 = 384;
 /// Bytes of one `CUtensorMap`.
@@ -207,5 +209,5 @@ pub struct HopperFwdParams {
 /// then the barriers, the tile ring and the item slot (one 1 KiB block, keeping the tiles 1 KiB
 /// aligned).
 pub const fn hopper_fwd_smem_bytes(d: usize) -> usize {
-    (HOPPER_ROWS + 2 * HOPPER_STAGES * HOPPER_KEYS) * d * 2 + 1024
+    (HOPPER_Q_TILES * HOPPER_ROWS + 2 * HOPPER_STAGES * HOPPER_KEYS) * d * 2 + 1024
 }

@@ -17,7 +17,7 @@
 //! shared memory: the tile's first key, `LAST` on an item's last tile, `EMPTY` for an item with
 //! no tile at all, whose rows get o = 0, lse = -inf).
 use attn_common::{
-    BLK, HOPPER_KEYS, HOPPER_ROWS, HOPPER_STAGES, HeadRule, HopperFwdParams, KIND_BLOCK_SPARSE, RowSpan, RowWindow, SeqInfo, TENSOR_MAP_BYTES,
+    BLK, HOPPER_KEYS, HOPPER_Q_TILES, HOPPER_ROWS, HOPPER_STAGES, HeadRule, HopperFwdParams, KIND_BLOCK_SPARSE, RowSpan, RowWindow, SeqInfo, TENSOR_MAP_BYTES,
     TileWalk, WorkItem, row_window,
 };
 
@@ -34,6 +34,7 @@ const LN2: f32 = core::f32::consts::LN_2;
 /// (log2 units) past the max they are kept against.
 const RESCALE_SLACK: f32 = 8.0;
 const NS: u32 = HOPPER_STAGES as u32;
+const NQ: u32 = HOPPER_Q_TILES as u32;
 const BK: i32 = HOPPER_KEYS as i32;
 /// Bytes of one 64-column block of a 128-row tile (rows of 128 bytes).
 const HALF: u32 = (HOPPER_ROWS * 128) as u32;
@@ -82,8 +83,8 @@ impl OAcc for [f32; 64] {
     }
 }
 
-/// Shared-memory layout (32-bit `.shared` addresses): Q, K stages, V stages, then the barriers
-/// and the tile ring.
+/// Shared-memory layout (32-bit `.shared` addresses): the Q tiles, K stages, V stages, then the
+/// barriers, the tile ring and the item slots.
 #[derive(Clone, Copy)]
 struct Smem {
     q: u32,
@@ -98,34 +99,38 @@ impl Smem {
     fn new(base: u32, d: usize) -> Self {
         let tile_bytes = (HOPPER_KEYS * d * 2) as u32;
         let q = base;
-        let k = q + (HOPPER_ROWS * d * 2) as u32;
+        let k = q + NQ * (HOPPER_ROWS * d * 2) as u32;
         let v = k + NS * tile_bytes;
         Smem { q, k, v, tile_bytes, bars: v + NS * tile_bytes }
     }
-    fn q_full(&self) -> u32 {
-        self.bars
+    /// Q tile `b`.
+    fn q(&self, b: u32) -> u32 {
+        self.q + b * self.tile_bytes
     }
-    fn q_empty(&self) -> u32 {
-        self.bars + 8
+    fn q_full(&self, b: u32) -> u32 {
+        self.bars + 8 * b
+    }
+    fn q_empty(&self, b: u32) -> u32 {
+        self.bars + 8 * (NQ + b)
     }
     fn k_full(&self, s: u32) -> u32 {
-        self.bars + 16 + 8 * s
+        self.bars + 16 * NQ + 8 * s
     }
     fn v_full(&self, s: u32) -> u32 {
-        self.bars + 16 + 8 * (NS + s)
+        self.bars + 16 * NQ + 8 * (NS + s)
     }
     fn k_empty(&self, s: u32) -> u32 {
-        self.bars + 16 + 8 * (2 * NS + s)
+        self.bars + 16 * NQ + 8 * (2 * NS + s)
     }
     fn v_empty(&self, s: u32) -> u32 {
-        self.bars + 16 + 8 * (3 * NS + s)
+        self.bars + 16 * NQ + 8 * (3 * NS + s)
     }
     fn ring(&self, s: u32) -> u32 {
-        self.bars + 16 + 32 * NS + 4 * s
+        self.bars + 16 * NQ + 32 * NS + 4 * s
     }
-    /// The item the Q tile belongs to.
-    fn item(&self) -> u32 {
-        self.bars + 16 + 36 * NS
+    /// The item Q tile `b` belongs to.
+    fn item(&self, b: u32) -> u32 {
+        self.bars + 16 * NQ + 36 * NS + 4 * b
     }
 }
 
@@ -143,8 +148,10 @@ pub unsafe fn attn_fwd_hopper<E: Element + WgElement, O: OAcc>(p: &HopperFwdPara
     let sm = Smem::new(smem_u32(dynamic_smem()), O::D);
     if tid == 0 {
         unsafe {
-            mbar_init(sm.q_full(), 1);
-            mbar_init(sm.q_empty(), CONSUMER_WARPS);
+            for b in 0..NQ {
+                mbar_init(sm.q_full(b), 1);
+                mbar_init(sm.q_empty(b), CONSUMER_WARPS);
+            }
             for s in 0..NS {
                 mbar_init(sm.k_full(s), 1);
                 mbar_init(sm.v_full(s), 1);
@@ -185,9 +192,10 @@ unsafe fn producer<O: OAcc>(p: &HopperFwdParams, sm: Smem) {
         if idx >= p.n_items {
             // Tell the consumers, once they are done with the last Q tile.
             unsafe {
-                mbar_wait(sm.q_empty(), (n_item & 1) ^ 1);
-                *(shared_ptr(sm.item())) = NO_ITEM as i32;
-                mbar_arrive(sm.q_full());
+                let b = n_item % NQ;
+                mbar_wait(sm.q_empty(b), ((n_item / NQ) & 1) ^ 1);
+                *(shared_ptr(sm.item(b))) = NO_ITEM as i32;
+                mbar_arrive(sm.q_full(b));
             }
             break;
         }
@@ -207,11 +215,12 @@ unsafe fn producer<O: OAcc>(p: &HopperFwdParams, sm: Smem) {
         let batch = if p.packed != 0 { 0 } else { item.batch as i32 };
         let kv_head = (item.head / f.group) as i32;
         unsafe {
-            mbar_wait(sm.q_empty(), (n_item & 1) ^ 1);
-            *(shared_ptr(sm.item())) = idx as i32;
-            mbar_arrive_expect_tx(sm.q_full(), (HOPPER_ROWS * O::D * 2) as u32);
+            let b = n_item % NQ;
+            mbar_wait(sm.q_empty(b), ((n_item / NQ) & 1) ^ 1);
+            *(shared_ptr(sm.item(b))) = idx as i32;
+            mbar_arrive_expect_tx(sm.q_full(b), (HOPPER_ROWS * O::D * 2) as u32);
             for h in 0..halves {
-                tma_load_4d(sm.q + h as u32 * HALF, map_q, sm.q_full(), [h * 64, seq.q_start + i0, item.head as i32, batch]);
+                tma_load_4d(sm.q(b) + h as u32 * HALF, map_q, sm.q_full(b), [h * 64, seq.q_start + i0, item.head as i32, batch]);
             }
         }
         let mut j0 = unsafe { walk.next() };
@@ -441,7 +450,7 @@ unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperFwdParams, sm: Sme
     let row = (c * 64 + warp * 16 + lane / 4) as i32; // and row + 8
     let tile_bytes = sm.tile_bytes;
     // Descriptors of this warpgroup's Q rows, stage 0's K and V; stages add byte offsets / 16.
-    let dq = desc(sm.q + c * (64 * 128), 16, 1024);
+    let dq = |b: u32| desc(sm.q(b) + c * (64 * 128), 16, 1024);
     let dk = |s: u32| desc(sm.k, 16, 1024) + ((s * tile_bytes) as u64 >> 4);
     let dv = |s: u32| desc(sm.v, HALF, 1024) + ((s * tile_bytes) as u64 >> 4);
     let scale = p.f.scale_log2;
@@ -449,8 +458,9 @@ unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperFwdParams, sm: Sme
     let mut tile = 0u32;
     let mut n_item = 0u32;
     loop {
-        unsafe { mbar_wait(sm.q_full(), n_item & 1) };
-        let idx = unsafe { lane0_read(sm.item(), lane) };
+        let qb = n_item % NQ;
+        unsafe { mbar_wait(sm.q_full(qb), (n_item / NQ) & 1) };
+        let idx = unsafe { lane0_read(sm.item(qb), lane) };
         if idx == NO_ITEM {
             break;
         }
@@ -471,20 +481,20 @@ unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperFwdParams, sm: Sme
                 unsafe {
                     mbar_arrive(sm.k_empty(s));
                     mbar_arrive(sm.v_empty(s));
-                    mbar_arrive(sm.q_empty());
+                    mbar_arrive(sm.q_empty(qb));
                 }
             }
         } else {
             let mut sc = [0.0f32; 64];
             unsafe {
-                issue_s::<E, O>(&mut sc, dq, dk(s));
+                issue_s::<E, O>(&mut sc, dq(qb), dk(s));
                 wgmma::wait::<0>();
                 keep(&mut sc);
             }
             if lane == 0 {
                 unsafe { mbar_arrive(sm.k_empty(s)) };
                 if e & LAST != 0 {
-                    unsafe { mbar_arrive(sm.q_empty()) };
+                    unsafe { mbar_arrive(sm.q_empty(qb)) };
                 }
             }
             softmax(&mut sc, &mut r, e & !LAST, lane, scale); // O is still zero: no rescale
@@ -496,7 +506,7 @@ unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperFwdParams, sm: Sme
                 e = unsafe { lane0_read(sm.ring(s), lane) } as i32;
                 tile += 1;
                 unsafe {
-                    issue_s::<E, O>(&mut sc, dq, dk(s));
+                    issue_s::<E, O>(&mut sc, dq(qb), dk(s));
                     mbar_wait(sm.v_full(prev), prev_ph);
                     issue_pv::<E, O>(&mut o, &mut pf, dv(prev));
                     wgmma::wait::<1>(); // S(j) is done (groups complete in order)
@@ -505,7 +515,7 @@ unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperFwdParams, sm: Sme
                 if lane == 0 {
                     unsafe { mbar_arrive(sm.k_empty(s)) };
                     if e & LAST != 0 {
-                        unsafe { mbar_arrive(sm.q_empty()) };
+                        unsafe { mbar_arrive(sm.q_empty(qb)) };
                     }
                 }
                 let alpha = softmax(&mut sc, &mut r, e & !LAST, lane, scale);
