@@ -128,11 +128,25 @@ impl Smem {
     fn ring(&self, s: u32) -> u32 {
         self.bars + 16 * NQ + 32 * NS + 4 * s
     }
-    /// The item Q tile `b` belongs to.
+    /// The item Q tile `b` belongs to: its index (`NO_ITEM` at the end), then its `WorkItem`,
+    /// `SeqInfo` and `HeadRule` (13 words).
     fn item(&self, b: u32) -> u32 {
-        self.bars + 16 * NQ + 36 * NS + 4 * b
+        self.bars + 16 * NQ + 36 * NS + 64 * b
     }
 }
+
+/// The item's description as the producer publishes it with the Q tile: the consumers would
+/// otherwise start every item with three dependent global loads.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct ItemInfo {
+    idx: u32,
+    item: WorkItem,
+    seq: SeqInfo,
+    rule: HeadRule,
+}
+
+const INFO_WORDS: usize = size_of::<ItemInfo>() / 4;
 
 #[inline(always)]
 fn item_at(p: &HopperFwdParams, idx: u32) -> (WorkItem, SeqInfo, HeadRule) {
@@ -194,7 +208,7 @@ unsafe fn producer<O: OAcc>(p: &HopperFwdParams, sm: Smem) {
             unsafe {
                 let b = n_item % NQ;
                 mbar_wait(sm.q_empty(b), ((n_item / NQ) & 1) ^ 1);
-                *(shared_ptr(sm.item(b))) = NO_ITEM as i32;
+                *(shared_ptr(sm.item(b))) = NO_ITEM;
                 mbar_arrive(sm.q_full(b));
             }
             break;
@@ -217,7 +231,7 @@ unsafe fn producer<O: OAcc>(p: &HopperFwdParams, sm: Smem) {
         unsafe {
             let b = n_item % NQ;
             mbar_wait(sm.q_empty(b), ((n_item / NQ) & 1) ^ 1);
-            *(shared_ptr(sm.item(b))) = idx as i32;
+            *(shared_ptr(sm.item(b)) as *mut ItemInfo) = ItemInfo { idx, item, seq, rule };
             mbar_arrive_expect_tx(sm.q_full(b), (HOPPER_ROWS * O::D * 2) as u32);
             for h in 0..halves {
                 tma_load_4d(sm.q(b) + h as u32 * HALF, map_q, sm.q_full(b), [h * 64, seq.q_start + i0, item.head as i32, batch]);
@@ -229,7 +243,7 @@ unsafe fn producer<O: OAcc>(p: &HopperFwdParams, sm: Smem) {
             let free = ((tile / NS) & 1) ^ 1;
             unsafe {
                 mbar_wait(sm.k_empty(s), free);
-                *(shared_ptr(sm.ring(s))) = EMPTY;
+                *(shared_ptr(sm.ring(s))) = EMPTY as u32;
                 mbar_arrive(sm.k_full(s));
                 mbar_wait(sm.v_empty(s), free);
                 mbar_arrive(sm.v_full(s));
@@ -242,7 +256,7 @@ unsafe fn producer<O: OAcc>(p: &HopperFwdParams, sm: Smem) {
             let free = ((tile / NS) & 1) ^ 1;
             unsafe {
                 mbar_wait(sm.k_empty(s), free);
-                *(shared_ptr(sm.ring(s))) = if next < 0 { j0 | LAST } else { j0 };
+                *(shared_ptr(sm.ring(s))) = (if next < 0 { j0 | LAST } else { j0 }) as u32;
                 let row = seq.k_start + j0;
                 mbar_arrive_expect_tx(sm.k_full(s), tile_bytes);
                 for h in 0..halves {
@@ -272,13 +286,13 @@ unsafe fn atomic_inc(ctr: u64) -> u32 {
 
 /// A generic pointer to a shared-memory word given its 32-bit `.shared` address.
 #[inline(always)]
-fn shared_ptr(addr: u32) -> *mut i32 {
+fn shared_ptr(addr: u32) -> *mut u32 {
     let r: u64;
     unsafe {
         core::arch::asm!("{{ .reg .u64 t; cvt.u64.u32 t, {a}; cvta.shared.u64 {r}, t; }}", a = in(reg32) addr, r = out(reg64) r,
                          options(pure, nomem, nostack));
     }
-    r as *mut i32
+    r as *mut u32
 }
 
 /// A shared word the producer published, read by lane 0 and broadcast to the warp: lane 0 is the
@@ -460,11 +474,15 @@ unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperFwdParams, sm: Sme
     loop {
         let qb = n_item % NQ;
         unsafe { mbar_wait(sm.q_full(qb), (n_item / NQ) & 1) };
-        let idx = unsafe { lane0_read(sm.item(qb), lane) };
+        let mut words = [0u32; INFO_WORDS];
+        for (i, w) in words.iter_mut().enumerate() {
+            *w = unsafe { lane0_read(sm.item(qb) + 4 * i as u32, lane) };
+        }
+        // SAFETY: ItemInfo is INFO_WORDS plain 32-bit words.
+        let ItemInfo { idx, item, seq, rule } = unsafe { core::mem::transmute::<[u32; INFO_WORDS], ItemInfo>(words) };
         if idx == NO_ITEM {
             break;
         }
-        let (item, seq, rule) = item_at(p, idx);
         let i0 = item.q_block as i32 * BLK;
         let mut r = Rows {
             win: [row_window(rule, causal, seq.q_len, seq.k_len, i0 + row), row_window(rule, causal, seq.q_len, seq.k_len, i0 + row + 8)],
