@@ -17,8 +17,8 @@
 //! shared memory: the tile's first key, `LAST` on an item's last tile, `EMPTY` for an item with
 //! no tile at all, whose rows get o = 0, lse = -inf).
 use attn_common::{
-    BLK, HOPPER_KEYS, HOPPER_Q_TILES, HOPPER_ROWS, HOPPER_STAGES, HeadRule, HopperFwdParams, KIND_BLOCK_SPARSE, RowSpan, RowWindow, SeqInfo, TENSOR_MAP_BYTES,
-    TileWalk, WorkItem, row_window,
+    BLK, HOPPER_KEYS, HOPPER_Q_TILES, HOPPER_ROWS, HOPPER_STAGES, HeadRule, HopperFwdParams, RowSpan, RowWindow, SeqInfo, TENSOR_MAP_BYTES,
+    WorkItem, row_window,
 };
 
 use crate::arch::math::{exp2, fma, log2};
@@ -27,7 +27,7 @@ use crate::arch::smem::{dynamic_smem, ld_shared_u32, smem_u32};
 use crate::arch::sync::{bar_sync, block_idx, shfl_idx, shfl_xor, thread_idx, vote_any};
 use crate::arch::tma::{fence_mbar_init, mbar_arrive, mbar_arrive_expect_tx, mbar_init, mbar_wait, prefetch_tensormap, setmaxnreg_dec, setmaxnreg_inc, tma_load_4d};
 use crate::arch::wgmma::{self, Keep, WgElement, desc, keep};
-use crate::item::elem_offset;
+use crate::item::{elem_offset, item_walk};
 
 const LN2: f32 = core::f32::consts::LN_2;
 /// As in the portable kernel: O and l are rescaled only when a row's max grows by more than this
@@ -55,33 +55,25 @@ pub trait OAcc: Keep + Copy {
     unsafe fn mma<E: WgElement>(&mut self, a: [u32; 4], b: u64);
 }
 
-impl OAcc for [f32; 32] {
-    const D: usize = 64;
-    fn zero() -> Self {
-        [0.0; 32]
-    }
-    fn v(&mut self) -> &mut [f32] {
-        self
-    }
-    #[inline(always)]
-    unsafe fn mma<E: WgElement>(&mut self, a: [u32; 4], b: u64) {
-        unsafe { E::mma_rs_n64(self, a, b) }
-    }
+macro_rules! o_acc {
+    ($n:literal, $d:literal, $mma:ident) => {
+        impl OAcc for [f32; $n] {
+            const D: usize = $d;
+            fn zero() -> Self {
+                [0.0; $n]
+            }
+            fn v(&mut self) -> &mut [f32] {
+                self
+            }
+            #[inline(always)]
+            unsafe fn mma<E: WgElement>(&mut self, a: [u32; 4], b: u64) {
+                unsafe { E::$mma(self, a, b) }
+            }
+        }
+    };
 }
-
-impl OAcc for [f32; 64] {
-    const D: usize = 128;
-    fn zero() -> Self {
-        [0.0; 64]
-    }
-    fn v(&mut self) -> &mut [f32] {
-        self
-    }
-    #[inline(always)]
-    unsafe fn mma<E: WgElement>(&mut self, a: [u32; 4], b: u64) {
-        unsafe { E::mma_rs_n128(self, a, b) }
-    }
-}
+o_acc!(32, 64, mma_rs_n64);
+o_acc!(64, 128, mma_rs_n128);
 
 /// Shared-memory layout (32-bit `.shared` addresses): the Q tiles, K stages, V stages, then the
 /// barriers, the tile ring and the item slots.
@@ -218,14 +210,7 @@ unsafe fn producer<O: OAcc>(p: &HopperFwdParams, sm: Smem) {
         let i0 = item.q_block as i32 * BLK;
         let i1 = (i0 + BLK).min(seq.q_len) - 1;
         let span = RowSpan::new(rule, f.causal != 0, seq.q_len, seq.k_len, i0, i1);
-        let mut walk = if rule.kind == KIND_BLOCK_SPARSE {
-            let mb = if f.mask_batch == 1 { 0 } else { item.batch };
-            let row = ((mb * f.n_masks + rule.a) * f.mask_q_blocks + item.q_block) as usize;
-            let list = unsafe { (f.block_lists as *const i32).add(row * f.mask_k_blocks as usize) };
-            TileWalk::sparse(span, BK, list, unsafe { *(f.block_counts as *const i32).add(row) })
-        } else {
-            TileWalk::formula(span, BK)
-        };
+        let mut walk = unsafe { item_walk(f, &item, rule, span, BK) };
         let batch = if p.packed != 0 { 0 } else { item.batch as i32 };
         let kv_head = (item.head / f.group) as i32;
         unsafe {

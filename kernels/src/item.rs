@@ -108,15 +108,7 @@ pub unsafe fn setup_query_item<const D: usize>(
         r += threads;
     }
     if tid == 0 {
-        let span = RowSpan::new(rule, causal, sq, sk, i0, i1);
-        let walk = if rule.kind == KIND_BLOCK_SPARSE {
-            let mb = if p.mask_batch == 1 { 0 } else { item.batch };
-            let row = ((mb * p.n_masks + rule.a) * p.mask_q_blocks + item.q_block) as usize;
-            let list = unsafe { (p.block_lists as *const i32).add(row * p.mask_k_blocks as usize) };
-            TileWalk::sparse(span, bn, list, unsafe { *(p.block_counts as *const i32).add(row) })
-        } else {
-            TileWalk::formula(span, bn)
-        };
+        let walk = unsafe { item_walk(p, &item, rule, RowSpan::new(rule, causal, sq, sk, i0, i1), bn) };
         let kv_head = item.head / p.group;
         unsafe {
             ctx.write(ItemCtx {
@@ -134,6 +126,23 @@ pub unsafe fn setup_query_item<const D: usize>(
     }
     bar_sync();
     unsafe { (*ctx).slots[0] }
+}
+
+/// The key tiles of `bn` keys that a query-block item visits: from the formula for dense and
+/// streaming heads, from the compacted mask row for block-sparse heads.
+///
+/// # Safety
+/// `p`'s mask tables must hold the item's row (the host plan builds them so).
+#[inline(always)]
+pub unsafe fn item_walk(p: &FwdParams, item: &WorkItem, rule: HeadRule, span: RowSpan, bn: i32) -> TileWalk {
+    if rule.kind == KIND_BLOCK_SPARSE {
+        let mb = if p.mask_batch == 1 { 0 } else { item.batch };
+        let row = ((mb * p.n_masks + rule.a) * p.mask_q_blocks + item.q_block) as usize;
+        let list = unsafe { (p.block_lists as *const i32).add(row * p.mask_k_blocks as usize) };
+        TileWalk::sparse(span, bn, list, unsafe { *(p.block_counts as *const i32).add(row) })
+    } else {
+        TileWalk::formula(span, bn)
+    }
 }
 
 /// The next tile to prefetch in iteration `n` (see [`ItemCtx::slots`]); thread 0 also advances
