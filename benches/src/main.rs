@@ -205,17 +205,20 @@ struct Gpu {
     v: CudaSlice<bf16>,
     o: CudaSlice<bf16>,
     lse: CudaSlice<f32>,
+    /// With `--bwd`: dO, dQ, dK, dV.
+    grads: Option<[CudaSlice<bf16>; 4]>,
 }
 
-/// Device bytes one length needs: q, k, v, o, lse, the mask and its compacted lists (i32 per
-/// block), plus a margin for the plan and the driver.
-fn bytes_needed(s: usize) -> usize {
+/// Device bytes one length needs: q, k, v, o (and dO, dQ, dK, dV with the backward), lse, the
+/// mask and its compacted lists (i32 per block, both orientations), plus a margin for the plan
+/// and the driver.
+fn bytes_needed(s: usize, bwd: bool) -> usize {
     let nb = s.div_ceil(BLOCK);
-    4 * s * H * D * 2 + s * H * 4 + 5 * H * nb * nb + (512 << 20)
+    (if bwd { 8 } else { 4 }) * s * H * D * 2 + 2 * s * H * 4 + 9 * H * nb * nb + (512 << 20)
 }
 
 impl Gpu {
-    fn new(variant: Option<&str>, lens: &[usize]) -> block_sparse_attn::Result<Self> {
+    fn new(variant: Option<&str>, lens: &[usize], bwd: bool) -> block_sparse_attn::Result<Self> {
         let mut dev = Device::new(0)?;
         // --variant portable runs the portable forward kernels on Hopper; --variant
         // ENTRY:KEY_TILE:THREADS swaps the portable bf16 d128 kernel for an experimental entry.
@@ -237,18 +240,25 @@ impl Gpu {
         let card = dev.context().name().unwrap_or_else(|_| "unknown GPU".into());
         let (free, total) = dev.context().mem_get_info()?;
         println!("device: {} ({:.1} of {:.1} GiB free)", dev.describe(), gib(free), gib(total));
-        let capacity = lens.iter().copied().filter(|&s| bytes_needed(s) <= free).max().unwrap_or(0);
+        let capacity = lens.iter().copied().filter(|&s| bytes_needed(s, bwd) <= free).max().unwrap_or(0);
         let t0 = Instant::now();
         let n = capacity * H * D;
         let (q, k, v) = (stream.clone_htod(&noise(n, 1))?, stream.clone_htod(&noise(n, 2))?, stream.clone_htod(&noise(n, 3))?);
         let o = stream.alloc_zeros::<bf16>(n.max(1))?;
         let lse = stream.alloc_zeros::<f32>((capacity * H).max(1))?;
+        let grads = if bwd {
+            let z = || stream.alloc_zeros::<bf16>(n.max(1));
+            Some([stream.clone_htod(&noise(n, 4))?, z()?, z()?, z()?])
+        } else {
+            None
+        };
         eprintln!("inputs for S <= {capacity} ready in {:.1} s", t0.elapsed().as_secs_f64());
-        Ok(Gpu { dev, stream, card, free, capacity, q, k, v, o, lse })
+        Ok(Gpu { dev, stream, card, free, capacity, q, k, v, o, lse, grads })
     }
 
-    /// Median ms of `iters` timed launches after 3 warm-ups; also the plan's work item count.
-    fn time(&mut self, w: &Workload, s: usize, causal: bool, mask: Option<&[u8]>, iters: usize) -> block_sparse_attn::Result<(f64, u32)> {
+    /// Median ms of `iters` timed forwards after 3 warm-ups, the plan's work item count, and with
+    /// `--bwd` the median ms of as many forward + backward passes.
+    fn time(&mut self, w: &Workload, s: usize, causal: bool, mask: Option<&[u8]>, iters: usize) -> block_sparse_attn::Result<(f64, u32, Option<f64>)> {
         let mut spec = AttentionSpec::batched(1, s, s, H, H, D).with_causal(causal).with_patterns(w.patterns.clone());
         let mask_buf = match mask {
             Some(m) => {
@@ -262,15 +272,33 @@ impl Gpu {
         for _ in 0..3 {
             attn.forward(dev, stream, &self.q, &self.k, &self.v, &mut self.o, &mut self.lse)?;
         }
-        let mut times = Vec::with_capacity(iters);
-        for _ in 0..iters {
-            let a = stream.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
-            attn.forward(dev, stream, &self.q, &self.k, &self.v, &mut self.o, &mut self.lse)?;
-            let b = stream.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
-            times.push(a.elapsed_ms(&b)? as f64);
-        }
-        times.sort_by(f64::total_cmp);
-        Ok((times[times.len() / 2], attn.work_items()))
+        let median = |f: &mut dyn FnMut() -> block_sparse_attn::Result<()>| -> block_sparse_attn::Result<f64> {
+            let mut times = Vec::with_capacity(iters);
+            for _ in 0..iters {
+                let a = stream.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
+                f()?;
+                let b = stream.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
+                times.push(a.elapsed_ms(&b)? as f64);
+            }
+            times.sort_by(f64::total_cmp);
+            Ok(times[times.len() / 2])
+        };
+        let (q, k, v, o, lse) = (&self.q, &self.k, &self.v, &mut self.o, &mut self.lse);
+        let fwd = median(&mut || attn.forward(dev, stream, q, k, v, o, lse))?;
+        let fwd_bwd = match &mut self.grads {
+            Some([d_o, dq, dk, dv]) => {
+                let mut step = || {
+                    attn.forward(dev, stream, q, k, v, o, lse)?;
+                    attn.backward(dev, stream, q, k, v, o, lse, d_o, dq, dk, dv)
+                };
+                for _ in 0..2 {
+                    step()?;
+                }
+                Some(median(&mut step)?)
+            }
+            None => None,
+        };
+        Ok((fwd, attn.work_items(), fwd_bwd))
     }
 }
 
@@ -320,8 +348,9 @@ fn main() -> std::process::ExitCode {
 fn run() -> block_sparse_attn::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|a| a == "--help" || a == "-h") {
-        println!("usage: attn-bench [--lens {DEFAULT_LENS}] [--causal true|false|both] [--iters 20] [--only SUBSTR]");
-        println!("                  [--variant ENTRY:KEY_TILE:THREADS] [--json bench.jsonl] [--dump-masks DIR [--dump-only]]");
+        println!("usage: attn-bench [--lens {DEFAULT_LENS}] [--causal true|false|both] [--iters 20] [--only SUBSTR] [--bwd]");
+        println!("                  [--variant portable|ENTRY:KEY_TILE:THREADS] [--json bench.jsonl] [--dump-masks DIR [--dump-only]]");
+        println!("--bwd also times forward + backward (column fwd+bwd, JSON fwd_bwd_ms)");
         return Ok(());
     }
     let lens: Vec<usize> = arg(&args, "--lens").unwrap_or(DEFAULT_LENS).split(',').map(|s| s.trim().parse().expect("--lens")).collect();
@@ -338,18 +367,20 @@ fn run() -> block_sparse_attn::Result<()> {
     let dump_only = args.iter().any(|a| a == "--dump-only");
     assert!(!dump_only || dump_dir.is_some(), "--dump-only needs --dump-masks DIR");
     let variant = arg(&args, "--variant");
+    let bwd = args.iter().any(|a| a == "--bwd");
 
     let mut manifest = dump_dir.as_ref().map(|dir| {
         std::fs::create_dir_all(dir).expect("create the --dump-masks directory");
         File::create(dir.join("manifest.jsonl")).expect("create manifest.jsonl")
     });
-    let mut gpu = if dump_only { None } else { Some(Gpu::new(variant, &lens)?) };
+    let mut gpu = if dump_only { None } else { Some(Gpu::new(variant, &lens, bwd)?) };
     let json_path = arg(&args, "--json").unwrap_or("bench.jsonl");
     let mut json = gpu.as_ref().map(|_| File::create(json_path).expect("create the --json file"));
     if gpu.is_some() {
         println!(
-            "{:<28} {:>6} {:>6} {:>7} {:>7} {:>9} {:>8} {:>8} {:>8}",
-            "workload", "S", "causal", "kept%", "blocks%", "ms", "TF/s", "TF/s*", "vs dense"
+            "{:<28} {:>6} {:>6} {:>7} {:>7} {:>9} {:>8} {:>8} {:>8}{}",
+            "workload", "S", "causal", "kept%", "blocks%", "ms", "TF/s", "TF/s*", "vs dense",
+            if bwd { format!(" {:>9}", "fwd+bwd") } else { String::new() }
         );
     }
 
@@ -363,7 +394,7 @@ fn run() -> block_sparse_attn::Result<()> {
                 let g = gpu.as_ref().unwrap();
                 eprintln!(
                     "skipping S={s} causal={causal}: needs about {:.1} GiB of device memory, {:.1} GiB were free",
-                    gib(bytes_needed(s)),
+                    gib(bytes_needed(s, bwd)),
                     gib(g.free)
                 );
             }
@@ -397,12 +428,12 @@ fn run() -> block_sparse_attn::Result<()> {
                     record["variant"] = v.into();
                 }
                 if fits == Some(false) {
-                    record["error"] = format!("skipped: needs about {:.1} GiB, {:.1} GiB free", gib(bytes_needed(s)), gib(g.free)).into();
+                    record["error"] = format!("skipped: needs about {:.1} GiB, {:.1} GiB free", gib(bytes_needed(s, bwd)), gib(g.free)).into();
                     emit(out, &record);
                     continue;
                 }
                 eprintln!("[causal={causal} S={s}] {} ...", w.name);
-                let (ms, items) = match g.time(&w, s, causal, mask.as_deref(), iters) {
+                let (ms, items, fwd_bwd) = match g.time(&w, s, causal, mask.as_deref(), iters) {
                     Ok(r) => r,
                     Err(e) => {
                         eprintln!("  failed: {e}");
@@ -418,7 +449,7 @@ fn run() -> block_sparse_attn::Result<()> {
                 let dense_flops = 4.0 * (H * D) as f64 * (s as f64).powi(2) * if causal { 0.5 } else { 1.0 };
                 let (useful, dense_eq) = (4.0 * D as f64 * cov.pairs as f64 / (ms * 1e9), dense_flops / (ms * 1e9));
                 println!(
-                    "{:<28} {:>6} {:>6} {:>7.2} {:>7.2} {:>9.3} {:>8.1} {:>8.1} {:>8.3}",
+                    "{:<28} {:>6} {:>6} {:>7.2} {:>7.2} {:>9.3} {:>8.1} {:>8.1} {:>8.3}{}",
                     w.name,
                     s,
                     causal,
@@ -427,8 +458,12 @@ fn run() -> block_sparse_attn::Result<()> {
                     ms,
                     useful,
                     dense_eq,
-                    ms / dense_ms
+                    ms / dense_ms,
+                    fwd_bwd.map_or(String::new(), |t| format!(" {t:>9.3}"))
                 );
+                if let Some(t) = fwd_bwd {
+                    record["fwd_bwd_ms"] = t.into();
+                }
                 record["ms"] = ms.into();
                 record["useful_tflops"] = useful.into();
                 record["dense_equiv_tflops"] = dense_eq.into();
