@@ -191,8 +191,10 @@ impl Device {
         self.hopper_fwd.is_some() && head_dim > 32 && head_dim <= 128
     }
 
-    /// Replaces the forward kernel of one (dtype, head dim) with another entry of the module:
-    /// for benchmarking kernel variants (entries named `test_*`) against the default.
+    /// Replaces the portable forward kernel of one (dtype, head dim) with another entry of the
+    /// module: for benchmarking kernel variants (entries named `test_*`) against the default.
+    /// On the Hopper path, switch the Hopper forward off too ([`Device::use_hopper_forward`]) or
+    /// the variant only serves head dims up to 32.
     #[doc(hidden)]
     pub fn use_fwd_variant(&mut self, f16: bool, head_dim: usize, entry: &str, key_tile: i32, threads: u32) -> Result<()> {
         let class = FWD_HEAD_DIMS.iter().position(|&(d, _, _)| d == head_dim).ok_or(Error::HeadDim(head_dim))?;
