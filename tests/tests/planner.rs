@@ -12,25 +12,11 @@ use std::collections::BTreeMap;
 
 use attn_common::row_window;
 use block_sparse_attn::plan::{self, CompactMask};
-use block_sparse_attn::reference::visible;
 use block_sparse_attn::{AttentionSpec, BLOCK, HeadPattern};
-use common::{Case, arb_case, mask_bit};
+use common::{Case, arb_case, check_checkerboard_geometries, mask_bit, visibility};
 use proptest::prelude::*;
 
 const TILE_SIZES: [i32; 2] = [32, 64];
-
-/// Brute-force visibility of one (sequence, head): `vis[i * sk + j]`.
-fn visibility(spec: &AttentionSpec, mask: Option<&[u8]>, b: usize, h: usize) -> Vec<bool> {
-    let s = spec.seq(b);
-    let (sq, sk) = (s.q_len as usize, s.k_len as usize);
-    let mut vis = vec![false; sq * sk];
-    for i in 0..sq {
-        for j in 0..sk {
-            vis[i * sk + j] = visible(spec, mask, b, h, i, j);
-        }
-    }
-    vis
-}
 
 /// Checks the row windows of every real row of sequence `b` under head `h` against `vis`:
 /// exact for interval patterns; for block-sparse heads the window is the dense rule, so it must
@@ -227,21 +213,8 @@ fn visited_tiles_fixed_geometries() {
         HeadPattern::TokenStreaming { sink_tokens: 129, local_tokens: 130 },
         HeadPattern::BlockStreaming { sink_blocks: 0, local_blocks: 0 },
     ];
-    for (sq, sk) in [(1, 300), (1, 1), (1, 128), (1, 129), (300, 100), (200, 457), (129, 129), (0, 5), (5, 0), (700, 700)] {
-        for causal in [false, true] {
-            let spec = AttentionSpec::batched(1, sq, sk, patterns.len(), 1, 64)
-                .with_causal(causal)
-                .with_patterns(patterns.clone())
-                .with_block_mask(1, 1);
-            // A checkerboard mask, so set and unset blocks alternate in both directions.
-            let (nq, nk) = (spec.mask_q_blocks(), spec.mask_k_blocks());
-            let mask = (0..nq * nk).map(|x| ((x / nk + x % nk) % 2) as u8).collect();
-            let case = Case { spec, mask: Some(mask) };
-            if let Err(e) = check_case(&case) {
-                panic!("Sq={sq} Sk={sk} causal={causal}: {e}");
-            }
-        }
-    }
+    let geometries = [(1, 300), (1, 1), (1, 128), (1, 129), (300, 100), (200, 457), (129, 129), (0, 5), (5, 0), (700, 700)];
+    check_checkerboard_geometries(&patterns, &geometries, check_case);
 }
 
 /// With every key sequence empty the mask has zero key blocks, but it still has

@@ -12,9 +12,8 @@ mod common;
 
 use attn_common::{BLK, query_rows_seeing, rows_full};
 use block_sparse_attn::plan::{self, TransposedMask};
-use block_sparse_attn::reference::visible;
 use block_sparse_attn::{AttentionSpec, BLOCK, HeadPattern};
-use common::{Case, arb_case, mask_bit};
+use common::{Case, arb_case, check_checkerboard_geometries, mask_bit, visibility};
 use proptest::prelude::*;
 
 const KEY_TILES: [i32; 2] = [64, 128];
@@ -123,15 +122,8 @@ fn check_case(case: &Case) -> Result<(), TestCaseError> {
         None => None,
     };
     for b in 0..spec.batch() {
-        let s = spec.seq(b);
-        let (sq, sk) = (s.q_len as usize, s.k_len as usize);
         for h in 0..spec.heads_q {
-            let mut vis = vec![false; sq * sk];
-            for i in 0..sq {
-                for j in 0..sk {
-                    vis[i * sk + j] = visible(spec, case.mask(), b, h, i, j);
-                }
-            }
+            let vis = visibility(spec, case.mask(), b, h);
             for bn in KEY_TILES {
                 check_key_tiles(case, transposed.as_ref(), b, h, bn, &vis)?;
             }
@@ -170,20 +162,8 @@ fn query_rows_fixed_geometries() {
         HeadPattern::TokenStreaming { sink_tokens: 100, local_tokens: 50 }, // sink and window meet inside a tile
         HeadPattern::BlockStreaming { sink_blocks: 0, local_blocks: 0 },
     ];
-    for (sq, sk) in [(1, 300), (1, 1), (1, 129), (300, 100), (200, 457), (129, 129), (0, 5), (5, 0), (520, 520)] {
-        for causal in [false, true] {
-            let spec = AttentionSpec::batched(1, sq, sk, patterns.len(), 1, 64)
-                .with_causal(causal)
-                .with_patterns(patterns.clone())
-                .with_block_mask(1, 1);
-            let (nq, nk) = (spec.mask_q_blocks(), spec.mask_k_blocks());
-            let mask = (0..nq * nk).map(|x| ((x / nk + x % nk) % 2) as u8).collect();
-            let case = Case { spec, mask: Some(mask) };
-            if let Err(e) = check_case(&case) {
-                panic!("Sq={sq} Sk={sk} causal={causal}: {e}");
-            }
-        }
-    }
+    let geometries = [(1, 300), (1, 1), (1, 129), (300, 100), (200, 457), (129, 129), (0, 5), (5, 0), (520, 520)];
+    check_checkerboard_geometries(&patterns, &geometries, check_case);
 }
 
 /// With every query sequence empty the mask has zero query blocks but still

@@ -2,6 +2,7 @@
 //! covering the corners of `semantics.md`, and random 16-bit inputs.
 #![allow(dead_code)] // each test binary uses a different subset
 
+use block_sparse_attn::reference::visible;
 use block_sparse_attn::{AttentionSpec, HeadPattern, SeqLayout};
 use proptest::prelude::*;
 use proptest::strategy::Union;
@@ -146,4 +147,40 @@ pub fn mask_bit(spec: &AttentionSpec, mask: &[u8], b: usize, m: u32, qb: usize, 
     let mb = if shape.batch == 1 { 0 } else { b };
     let (nq, nk) = (spec.max_seqlen_q().div_ceil(128), spec.max_seqlen_k().div_ceil(128));
     mask[((mb * shape.n_masks + m as usize) * nq + qb) * nk + kb] != 0
+}
+
+/// Brute-force visibility of one (sequence, head) from the reference: `vis[i * sk + j]`.
+pub fn visibility(spec: &AttentionSpec, mask: Option<&[u8]>, b: usize, h: usize) -> Vec<bool> {
+    let s = spec.seq(b);
+    let (sq, sk) = (s.q_len as usize, s.k_len as usize);
+    let mut vis = vec![false; sq * sk];
+    for i in 0..sq {
+        for j in 0..sk {
+            vis[i * sk + j] = visible(spec, mask, b, h, i, j);
+        }
+    }
+    vis
+}
+
+/// Runs `check` on one batch-1 call per `(Sq, Sk)` of `geometries` and causal mode, with every
+/// pattern of `patterns` (one head each) and a checkerboard block mask, so set and unset blocks
+/// alternate in both directions; panics naming the geometry of the first failure.
+pub fn check_checkerboard_geometries(
+    patterns: &[HeadPattern],
+    geometries: &[(usize, usize)],
+    check: impl Fn(&Case) -> Result<(), TestCaseError>,
+) {
+    for &(sq, sk) in geometries {
+        for causal in [false, true] {
+            let spec = AttentionSpec::batched(1, sq, sk, patterns.len(), 1, 64)
+                .with_causal(causal)
+                .with_patterns(patterns.to_vec())
+                .with_block_mask(1, 1);
+            let (nq, nk) = (spec.mask_q_blocks(), spec.mask_k_blocks());
+            let mask = (0..nq * nk).map(|x| ((x / nk + x % nk) % 2) as u8).collect();
+            if let Err(e) = check(&Case { spec, mask: Some(mask) }) {
+                panic!("Sq={sq} Sk={sk} causal={causal}: {e}");
+            }
+        }
+    }
 }
