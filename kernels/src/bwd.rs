@@ -13,7 +13,7 @@
 use core::mem::offset_of;
 
 use attn_common::{
-    BLK, BWD_KEYS, BwdParams, FWD_CTX_BYTES, HeadRule, KIND_BLOCK_SPARSE, RowSpan, RowWindow, SeqInfo, WorkItem,
+    BLK, BWD_KEYS, BwdParams, FWD_CTX_BYTES, KIND_BLOCK_SPARSE, RowSpan, RowWindow, SeqInfo, WorkItem,
     row_window,
 };
 
@@ -23,7 +23,7 @@ use crate::arch::mma::Element;
 use crate::arch::smem::{dynamic_smem, ld_shared_u32, smem_u32};
 use crate::arch::sync::{bar_sync, block_idx, opaque, thread_idx};
 use crate::gemm::{Acc, a_bt, lanes, p_b, pack_a, packed_b};
-use crate::item::{BM, ItemCtx, RowTile, advance_kv, ctx_i32, elem_offset, load_item, mask_scores, setup_query_item, start_kv};
+use crate::item::{BM, ItemCtx, RowTile, advance_kv, ctx_i32, elem_offset, head_rule, load_item, mask_scores, setup_query_item, start_kv};
 use crate::tiles::load_tile;
 
 const LOG2E: f32 = core::f32::consts::LOG2_E;
@@ -203,7 +203,7 @@ impl KvWalk {
         let (j0, j1) = (self.j0, self.j0 + BWD_KEYS as i32 - 1);
         let causal = self.causal != 0;
         while self.h < self.group {
-            let rule: HeadRule = unsafe { *(p.heads as *const HeadRule).add((self.first_head + self.h) as usize) };
+            let rule = head_rule(p, self.first_head + self.h);
             let sparse = rule.kind == KIND_BLOCK_SPARSE;
             // Block-sparse heads walk the compacted column of the mask (query blocks that keep
             // this key block), two 64-row tiles per block; the others scan query tiles.
@@ -249,7 +249,7 @@ impl KvWalk {
 /// Whether the walk's current head (after advancing) is block-sparse: list walks start at 0.
 #[inline(always)]
 fn sparse_next_head(p: &attn_common::FwdParams, w: &KvWalk) -> bool {
-    w.h < w.group && unsafe { (*(p.heads as *const HeadRule).add((w.first_head + w.h) as usize)).kind == KIND_BLOCK_SPARSE }
+    w.h < w.group && head_rule(p, w.first_head + w.h).kind == KIND_BLOCK_SPARSE
 }
 
 /// Shared state of a `bwd_dkdv` CTA: the walk and two slots of upcoming query tiles (as in
@@ -285,7 +285,7 @@ unsafe fn load_query_tile<E: Element, const D: usize, const BQ: usize>(bp: &BwdP
         let side = unsafe { side_base.add((buf * SIDE_BYTES) as usize) };
         let r = tid as i32;
         let (mut l, mut d) = (f32::INFINITY, 0.0f32);
-        let rule: HeadRule = unsafe { *(p.heads as *const HeadRule).add(head as usize) };
+        let rule = head_rule(p, head);
         if r < rows {
             let at = batch as i64 * p.lse_batch + head as i64 * p.lse_head + (seq.q_start + i0 + r) as i64;
             l = lse2(unsafe { *(p.lse as *const f32).add(at as usize) });

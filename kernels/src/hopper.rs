@@ -27,7 +27,7 @@ use crate::arch::smem::{dynamic_smem, ld_shared_u32, smem_u32};
 use crate::arch::sync::{bar_sync, block_idx, shfl_idx, shfl_xor, thread_idx, vote_any};
 use crate::arch::tma::{fence_mbar_init, mbar_arrive, mbar_arrive_expect_tx, mbar_init, mbar_wait, prefetch_tensormap, setmaxnreg_dec, setmaxnreg_inc, tma_load_4d};
 use crate::arch::wgmma::{self, Keep, WgElement, desc, keep};
-use crate::item::{elem_offset, item_walk};
+use crate::item::{self, elem_offset, head_rule, item_walk};
 
 const LN2: f32 = core::f32::consts::LN_2;
 /// As in the portable kernel: O and l are rescaled only when a row's max grows by more than this
@@ -89,6 +89,8 @@ struct Smem {
 impl Smem {
     #[inline(always)]
     fn new(base: u32, d: usize) -> Self {
+        // Q tiles and K/V tiles share one size and one column-block stride (`HALF`).
+        const { assert!(HOPPER_ROWS == HOPPER_KEYS) };
         let tile_bytes = (HOPPER_KEYS * d * 2) as u32;
         let q = base;
         let k = q + NQ * (HOPPER_ROWS * d * 2) as u32;
@@ -140,12 +142,11 @@ struct ItemInfo {
 
 const INFO_WORDS: usize = size_of::<ItemInfo>() / 4;
 
+/// Item `idx` of the work list with its sequence and head rule (`idx < n_items`).
 #[inline(always)]
 fn item_at(p: &HopperFwdParams, idx: u32) -> (WorkItem, SeqInfo, HeadRule) {
-    let item: WorkItem = unsafe { *(p.f.items as *const WorkItem).add(idx as usize) };
-    let seq: SeqInfo = unsafe { *(p.f.seqs as *const SeqInfo).add(item.batch as usize) };
-    let rule: HeadRule = unsafe { *(p.f.heads as *const HeadRule).add(item.head as usize) };
-    (item, seq, rule)
+    let (item, seq) = item::item_at(&p.f, p.f.items, idx);
+    (item, seq, head_rule(&p.f, item.head))
 }
 
 #[inline(always)]

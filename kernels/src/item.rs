@@ -62,12 +62,24 @@ pub fn elem_offset(s: &Strides, batch: u32, token: i32, head: u32) -> i64 {
     batch as i64 * s.batch + token as i64 * s.token + head as i64 * s.head
 }
 
+/// Work item `idx` of the list `items` and its sequence.
+#[inline(always)]
+pub fn item_at(p: &FwdParams, items: u64, idx: u32) -> (WorkItem, SeqInfo) {
+    let item: WorkItem = unsafe { *(items as *const WorkItem).add(idx as usize) };
+    let seq: SeqInfo = unsafe { *(p.seqs as *const SeqInfo).add(item.batch as usize) };
+    (item, seq)
+}
+
 /// This CTA's work item (from `items`) and its sequence.
 #[inline(always)]
 pub fn load_item(p: &FwdParams, items: u64) -> (WorkItem, SeqInfo) {
-    let item: WorkItem = unsafe { *(items as *const WorkItem).add(block_idx() as usize) };
-    let seq: SeqInfo = unsafe { *(p.seqs as *const SeqInfo).add(item.batch as usize) };
-    (item, seq)
+    item_at(p, items, block_idx())
+}
+
+/// The pattern of query head `head`.
+#[inline(always)]
+pub fn head_rule(p: &FwdParams, head: u32) -> HeadRule {
+    unsafe { *(p.heads as *const HeadRule).add(head as usize) }
 }
 
 /// A `[B, S, H, D]`-style tensor whose 128 rows of this item get copied to a shared tile.
@@ -91,7 +103,7 @@ pub unsafe fn setup_query_item<const D: usize>(
     windows: *mut RowWindow,
 ) -> i32 {
     let (item, seq) = load_item(p, p.items);
-    let rule: HeadRule = unsafe { *(p.heads as *const HeadRule).add(item.head as usize) };
+    let rule = head_rule(p, item.head);
     let (sq, sk) = (seq.q_len, seq.k_len);
     let causal = p.causal != 0;
     let i0 = item.q_block as i32 * BM;
