@@ -222,18 +222,15 @@ impl Gpu {
         let mut dev = Device::new(0)?;
         // --variant portable runs the portable forward kernels on Hopper; --variant
         // ENTRY:KEY_TILE:THREADS swaps the portable bf16 d128 kernel for an experimental entry.
-        if variant == Some("portable") {
+        if let Some(v) = variant {
             if dev.hopper_forward(D) {
                 dev.use_hopper_forward(false)?;
             }
-            println!("variant: portable");
-        } else if let Some(v) = variant {
-            if dev.hopper_forward(D) {
-                dev.use_hopper_forward(false)?;
+            if v != "portable" {
+                let f: Vec<&str> = v.split(':').collect();
+                assert_eq!(f.len(), 3, "--variant ENTRY:KEY_TILE:THREADS");
+                dev.use_fwd_variant(false, D, f[0], f[1].parse().expect("key tile"), f[2].parse().expect("threads"))?;
             }
-            let f: Vec<&str> = v.split(':').collect();
-            assert_eq!(f.len(), 3, "--variant ENTRY:KEY_TILE:THREADS");
-            dev.use_fwd_variant(false, D, f[0], f[1].parse().expect("key tile"), f[2].parse().expect("threads"))?;
             println!("variant: {v}");
         }
         let stream = dev.default_stream();
