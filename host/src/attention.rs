@@ -4,7 +4,7 @@ use std::sync::Arc;
 use attn_common::{BwdParams, CompactParams, FwdParams, HOPPER_THREADS, HopperFwdParams, Strides, TENSOR_MAP_BYTES};
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg, SyncOnDrop, ValidAsZeroBits};
 
-use crate::device::{Device, FWD_HEAD_DIMS};
+use crate::device::{Device, FWD_HEAD_DIMS, HopperKernel};
 use crate::error::{Error, Result};
 use crate::plan::{check_mask_len, work_items};
 use crate::spec::AttentionSpec;
@@ -218,8 +218,7 @@ impl Attention {
         let tables = self.tables(stream);
         let io = [(qp, q.strides), (kp, k.strides), (vp, v.strides), (op, o.strides)];
         let params = self.fwd_params(&tables.ptrs(), io, lsep, (lp, cp));
-        if let Some(maps) = self.hopper_maps::<T>(device, &io) {
-            let kernel = &device.hopper_fwd.as_ref().expect("hopper_maps checked it")[T::KERNEL][(spec.head_dim > 64) as usize];
+        if let Some((kernel, maps)) = self.hopper_maps::<T>(device, &io) {
             // One upload per call: the three maps, then the (zeroed) work counter.
             let mut bytes = maps.concat();
             bytes.resize(bytes.len() + 16, 0);
@@ -269,18 +268,16 @@ impl Attention {
         Tables { seqs: self.seqs.device_ptr(stream), heads: self.heads.device_ptr(stream), items: self.items.device_ptr(stream) }
     }
 
-    /// The Q, K and V tensor maps of the Hopper forward, or `None` when it does not run this
-    /// call (another path, head dim, or a tensor that TMA cannot describe).
-    fn hopper_maps<T: Element>(&self, device: &Device, io: &[(u64, Strides); 4]) -> Option<[TensorMapBytes; 3]> {
+    /// The Hopper forward entry for this call and its Q, K and V tensor maps, or `None` when it
+    /// does not run this call (another path, head dim, or a tensor that TMA cannot describe).
+    fn hopper_maps<'d, T: Element>(&self, device: &'d Device, io: &[(u64, Strides); 4]) -> Option<(&'d HopperKernel, [TensorMapBytes; 3])> {
         let spec = &self.spec;
-        if !device.hopper_forward(spec.head_dim) {
-            return None;
-        }
+        let kernel = device.hopper_kernel(T::KERNEL, spec.head_dim)?;
         let (batch, tq, tk) = if spec.is_varlen() { (1, spec.total_q(), spec.total_k()) } else { (spec.batch(), spec.max_seqlen_q(), spec.max_seqlen_k()) };
         let map = |i: usize, tokens: usize, heads: usize| {
             tensor_map::encode(&MapShape { ptr: io[i].0, f16: T::KERNEL == 1, head_dim: spec.head_dim, tokens, heads, batch, strides: io[i].1 })
         };
-        Some([map(0, tq, spec.heads_q)?, map(1, tk, spec.heads_kv)?, map(2, tk, spec.heads_kv)?])
+        Some((kernel, [map(0, tq, spec.heads_q)?, map(1, tk, spec.heads_kv)?, map(2, tk, spec.heads_kv)?]))
     }
 
     /// The forward kernels' parameters: `io` are q, k, v, o (pointer, strides); `lists` the

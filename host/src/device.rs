@@ -62,11 +62,10 @@ pub struct Device {
     pub(crate) bwd: [[BwdKernels; 3]; 2],
     max_smem: i32,
     pub(crate) compact: CudaFunction,
-    /// `[dtype][head dim 64, 128]`: the Hopper forward (sm_90a module), `None` elsewhere or when
-    /// switched off with [`Device::use_hopper_forward`].
-    pub(crate) hopper_fwd: Option<[[HopperKernel; 2]; 2]>,
-    /// The loaded Hopper entries, kept while switched off.
-    hopper_loaded: Option<[[HopperKernel; 2]; 2]>,
+    /// `[dtype][head dim 64, 128]`: the Hopper forward (sm_90a module), `None` elsewhere.
+    hopper_fwd: Option<[[HopperKernel; 2]; 2]>,
+    /// Whether forwards use it ([`Device::use_hopper_forward`]).
+    hopper_on: bool,
 }
 
 /// Head dims of the Hopper forward entries (`attn_fwd_hopper_{dtype}_d{d}`).
@@ -170,7 +169,7 @@ impl Device {
             bwd: <[[BwdKernels; 3]; 2]>::try_from(bwd).unwrap(),
             max_smem,
             compact,
-            hopper_loaded: hopper_fwd.clone(),
+            hopper_on: hopper_fwd.is_some(),
             hopper_fwd,
         })
     }
@@ -179,16 +178,24 @@ impl Device {
     /// Hopper path, for head dims from 33 to 128; off, the forward runs the portable kernels of
     /// the same module (for comparison). Switching it on elsewhere is an error.
     pub fn use_hopper_forward(&mut self, on: bool) -> Result<()> {
-        if on && self.hopper_loaded.is_none() {
+        if on && self.hopper_fwd.is_none() {
             return Err(Error::UnsupportedArch { major: self.capability.0, minor: self.capability.1 });
         }
-        self.hopper_fwd = if on { self.hopper_loaded.clone() } else { None };
+        self.hopper_on = on;
         Ok(())
     }
 
     /// Whether forwards with head dim `head_dim` run the Hopper kernel.
     pub fn hopper_forward(&self, head_dim: usize) -> bool {
-        self.hopper_fwd.is_some() && head_dim > 32 && head_dim <= 128
+        self.hopper_kernel(0, head_dim).is_some()
+    }
+
+    /// The Hopper forward entry for a dtype (0 bf16, 1 f16) and head dim, when it is on and
+    /// serves that head dim (33 to 128).
+    pub(crate) fn hopper_kernel(&self, dtype: usize, head_dim: usize) -> Option<&HopperKernel> {
+        let kernels = self.hopper_fwd.as_ref().filter(|_| self.hopper_on)?;
+        let class = HOPPER_HEAD_DIMS.iter().position(|&d| head_dim <= d)?;
+        (head_dim > 32).then(|| &kernels[dtype][class])
     }
 
     /// Replaces the portable forward kernel of one (dtype, head dim) with another entry of the
