@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! attn-bench [--lens 1024,2048,...,131072] [--causal true|false|both] [--iters N] [--only SUBSTR]
-//!            [--variant portable|ENTRY:KEY_TILE:THREADS] [--json PATH] [--dump-masks DIR [--dump-only]]
+//!            [--variant portable|portable-bwd|ENTRY:KEY_TILE:THREADS] [--json PATH] [--dump-masks DIR [--dump-only]]
 //! ```
 //!
 //! `--dump-masks DIR` writes, for every (workload, S, causal) selected, one line to
@@ -220,13 +220,17 @@ fn bytes_needed(s: usize, bwd: bool) -> usize {
 impl Gpu {
     fn new(variant: Option<&str>, lens: &[usize], bwd: bool) -> block_sparse_attn::Result<Self> {
         let mut dev = Device::new(0)?;
-        // --variant portable runs the portable forward kernels on Hopper; --variant
+        // --variant portable runs the portable kernels on Hopper; --variant
         // ENTRY:KEY_TILE:THREADS swaps the portable bf16 d128 kernel for an experimental entry.
+        // --variant portable-bwd keeps the Hopper forward and runs the portable backward.
         if let Some(v) = variant {
-            if dev.hopper_forward(D) {
-                dev.use_hopper_forward(false)?;
+            if dev.path() == block_sparse_attn::KernelPath::Hopper {
+                dev.use_hopper_backward(false)?;
+                if v != "portable-bwd" {
+                    dev.use_hopper_forward(false)?;
+                }
             }
-            if v != "portable" {
+            if v != "portable" && v != "portable-bwd" {
                 let f: Vec<&str> = v.split(':').collect();
                 assert_eq!(f.len(), 3, "--variant ENTRY:KEY_TILE:THREADS");
                 dev.use_fwd_variant(false, D, f[0], f[1].parse().expect("key tile"), f[2].parse().expect("threads"))?;
@@ -346,7 +350,7 @@ fn run() -> block_sparse_attn::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|a| a == "--help" || a == "-h") {
         println!("usage: attn-bench [--lens {DEFAULT_LENS}] [--causal true|false|both] [--iters 20] [--only SUBSTR] [--bwd]");
-        println!("                  [--variant portable|ENTRY:KEY_TILE:THREADS] [--json bench.jsonl] [--dump-masks DIR [--dump-only]]");
+        println!("                  [--variant portable|portable-bwd|ENTRY:KEY_TILE:THREADS] [--json bench.jsonl] [--dump-masks DIR [--dump-only]]");
         println!("--bwd also times forward + backward (column fwd+bwd, JSON fwd_bwd_ms)");
         return Ok(());
     }

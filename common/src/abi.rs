@@ -211,3 +211,32 @@ pub struct HopperFwdParams {
 pub const fn hopper_fwd_smem_bytes(d: usize) -> usize {
     (HOPPER_Q_TILES * HOPPER_ROWS + 2 * HOPPER_STAGES * HOPPER_KEYS) * d * 2 + 1024
 }
+
+/// Keys per Hopper `dK`/`dV` CTA (two consumer warpgroups of 64 keys): one mask block.
+pub const HOPPER_BWD_KEYS: usize = 128;
+/// Query rows per tile the Hopper `dK`/`dV` kernel walks.
+pub const HOPPER_BWD_QUERIES: usize = 64;
+/// Query tile stages (Q, dO and their row data) of the Hopper `dK`/`dV` kernel's ring.
+pub const HOPPER_BWD_STAGES: usize = 3;
+/// Bytes of one stage's row data: lse (exp2 domain), D and the window per row, then the tile's
+/// words.
+pub const HOPPER_BWD_SIDE_BYTES: usize = HOPPER_BWD_QUERIES * (8 + FWD_WINDOW_BYTES) + 16;
+
+/// Parameters of the Hopper backward kernels, passed by value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Default)]
+pub struct HopperBwdParams {
+    pub b: BwdParams,
+    /// Global address of four `CUtensorMap`s as in [`HopperFwdParams::tensor_maps`]: Q and dO
+    /// in boxes of `(64, HOPPER_BWD_QUERIES, 1, 1)`, K and V in boxes of `(64, HOPPER_BWD_KEYS, 1, 1)`.
+    pub tensor_maps: u64,
+    /// 1 when the tensors are packed (variable-length): the batch coordinate is always 0.
+    pub packed: u32,
+    pub _pad: u32,
+}
+
+/// Dynamic shared memory of the Hopper `dK`/`dV` kernel at head dim `d`: K, V, the Q and dO
+/// stages, the stages' row data, then the barriers.
+pub const fn hopper_dkdv_smem_bytes(d: usize) -> usize {
+    (2 * HOPPER_BWD_KEYS + 2 * HOPPER_BWD_STAGES * HOPPER_BWD_QUERIES) * d * 2 + HOPPER_BWD_STAGES * HOPPER_BWD_SIDE_BYTES + 8 * (1 + 3 * HOPPER_BWD_STAGES)
+}

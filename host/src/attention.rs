@@ -1,7 +1,7 @@
 //! The GPU forward pass: a reusable plan per call shape, then launches on the caller's stream.
 use std::sync::Arc;
 
-use attn_common::{BwdParams, CompactParams, FwdParams, HOPPER_THREADS, HopperFwdParams, Strides, TENSOR_MAP_BYTES};
+use attn_common::{BwdParams, CompactParams, FwdParams, HOPPER_KEYS, HOPPER_THREADS, HopperBwdParams, HopperFwdParams, Strides, TENSOR_MAP_BYTES};
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg, SyncOnDrop, ValidAsZeroBits};
 
 use crate::device::{Device, FWD_HEAD_DIMS, HopperKernel};
@@ -95,6 +95,8 @@ pub struct Attention {
     /// Backward work: (batch, kv head, 64-key tile), heaviest first.
     kv_items: CudaSlice<u32>,
     n_kv_items: u32,
+    /// The same for the Hopper dK/dV kernel's 128-key tiles (Hopper path only).
+    kv_items_wide: Option<(CudaSlice<u32>, u32)>,
 }
 
 impl Attention {
@@ -130,7 +132,8 @@ impl Attention {
         let seqs: Vec<_> = (0..spec.batch()).map(|b| spec.seq(b)).collect();
         let heads: Vec<_> = spec.patterns.iter().map(|p| p.rule()).collect();
         let items = work_items(&spec, counts_host.as_deref());
-        let kv_items = kv_work_items(&spec);
+        let kv_items = kv_work_items(&spec, attn_common::BWD_KEYS);
+        let kv_items_wide = (device.path() == crate::KernelPath::Hopper).then(|| kv_work_items(&spec, attn_common::HOPPER_BWD_KEYS));
         let upload = |w: Vec<u32>| -> Result<CudaSlice<u32>> {
             Ok(if w.is_empty() { stream.alloc_zeros::<u32>(4)? } else { stream.clone_htod(&w)? })
         };
@@ -149,6 +152,10 @@ impl Attention {
             counts_t,
             n_kv_items: kv_items.len() as u32,
             kv_items: upload(words(&kv_items))?,
+            kv_items_wide: match kv_items_wide {
+                Some(w) => Some((upload(words(&w))?, w.len() as u32)),
+                None => None,
+            },
             spec,
         })
     }
@@ -232,7 +239,7 @@ impl Attention {
                 packed: spec.is_varlen() as u32,
             };
             let grid = self.n_items.min(device.sm_count());
-            let cfg = LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (HOPPER_THREADS, 1, 1), shared_mem_bytes: kernel.smem_bytes() as u32 };
+            let cfg = LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (HOPPER_THREADS, 1, 1), shared_mem_bytes: kernel.smem as u32 };
             let arg = ByValue(hp);
             unsafe { stream.launch_builder(&kernel.func).arg(&arg).launch(cfg)? };
             return Ok(());
@@ -275,9 +282,23 @@ impl Attention {
         let kernel = device.hopper_kernel(T::KERNEL, spec.head_dim)?;
         let (batch, tq, tk) = if spec.is_varlen() { (1, spec.total_q(), spec.total_k()) } else { (spec.batch(), spec.max_seqlen_q(), spec.max_seqlen_k()) };
         let map = |i: usize, tokens: usize, heads: usize| {
-            tensor_map::encode(&MapShape { ptr: io[i].0, f16: T::KERNEL == 1, head_dim: spec.head_dim, tokens, heads, batch, strides: io[i].1 })
+            tensor_map::encode(&MapShape { ptr: io[i].0, f16: T::KERNEL == 1, head_dim: spec.head_dim, tokens, heads, batch, strides: io[i].1, box_rows: HOPPER_KEYS as u32 })
         };
         Some((kernel, [map(0, tq, spec.heads_q)?, map(1, tk, spec.heads_kv)?, map(2, tk, spec.heads_kv)?]))
+    }
+
+    /// The Hopper dK/dV entry for this call and its Q, dO (64-row boxes), K and V (128-row
+    /// boxes) tensor maps, or `None` when it does not run this call. `io`: q, d_o, k, v.
+    fn hopper_bwd_maps<'d, T: Element>(&self, device: &'d Device, io: &[(u64, Strides); 4]) -> Option<(&'d HopperKernel, [TensorMapBytes; 4])> {
+        let spec = &self.spec;
+        let kernel = device.hopper_dkdv_kernel(T::KERNEL, spec.head_dim)?;
+        let (batch, tq, tk) = if spec.is_varlen() { (1, spec.total_q(), spec.total_k()) } else { (spec.batch(), spec.max_seqlen_q(), spec.max_seqlen_k()) };
+        let map = |i: usize, tokens: usize, heads: usize, box_rows: usize| {
+            let shape = MapShape { ptr: io[i].0, f16: T::KERNEL == 1, head_dim: spec.head_dim, tokens, heads, batch, strides: io[i].1, box_rows: box_rows as u32 };
+            tensor_map::encode(&shape)
+        };
+        let (bq, bk) = (attn_common::HOPPER_BWD_QUERIES, attn_common::HOPPER_BWD_KEYS);
+        Some((kernel, [map(0, tq, spec.heads_q, bq)?, map(1, tq, spec.heads_q, bq)?, map(2, tk, spec.heads_kv, bk)?, map(3, tk, spec.heads_kv, bk)?]))
     }
 
     /// The forward kernels' parameters: `io` are q, k, v, o (pointer, strides); `lists` the
@@ -395,6 +416,18 @@ impl Attention {
             // The key-side walk reads the mask's columns.
             bp.f.block_lists = ltp;
             bp.f.block_counts = ctp;
+            if let Some((kernel, maps)) = self.hopper_bwd_maps::<T>(device, &[(qp, qs), (dop, qs), (kp, ks), (vp, ks)]) {
+                let (items, n) = self.kv_items_wide.as_ref().expect("the Hopper path plans 128-key tiles");
+                let (ip, _g16) = items.device_ptr(stream);
+                bp.kv_items = ip;
+                let bytes = stream.clone_htod(&maps.concat())?;
+                let (mp, _g17) = bytes.device_ptr(stream);
+                let hp = HopperBwdParams { b: bp, tensor_maps: mp, packed: spec.is_varlen() as u32, _pad: 0 };
+                let cfg = LaunchConfig { grid_dim: (*n, 1, 1), block_dim: (HOPPER_THREADS, 1, 1), shared_mem_bytes: kernel.smem as u32 };
+                let arg = ByValue(hp);
+                unsafe { stream.launch_builder(&kernel.func).arg(&arg).launch(cfg)? };
+                return Ok(());
+            }
             let cfg = LaunchConfig {
                 grid_dim: (self.n_kv_items, 1, 1),
                 block_dim: (128, 1, 1),
@@ -407,11 +440,11 @@ impl Attention {
     }
 }
 
-/// Backward key-side work: every 64-key tile of every (batch, kv head), heaviest first by the
-/// number of query rows that may see it (all of them without causal, those at or below the key
-/// under causal).
-fn kv_work_items(spec: &AttentionSpec) -> Vec<attn_common::WorkItem> {
-    let tile = attn_common::BWD_KEYS as i64;
+/// Backward key-side work: every `tile`-key tile of every (batch, kv head), heaviest first by
+/// the number of query rows that may see it (all of them without causal, those at or below the
+/// key under causal).
+fn kv_work_items(spec: &AttentionSpec, tile: usize) -> Vec<attn_common::WorkItem> {
+    let tile = tile as i64;
     let mut items = Vec::new();
     for b in 0..spec.batch() {
         let s = spec.seq(b);

@@ -66,23 +66,23 @@ pub struct Device {
     hopper_fwd: Option<[[HopperKernel; 2]; 2]>,
     /// Whether forwards use it ([`Device::use_hopper_forward`]).
     hopper_on: bool,
+    /// `[dtype][head dim 64, 128]`: the Hopper dK/dV kernel, `None` off the Hopper path.
+    hopper_dkdv: Option<[[HopperKernel; 2]; 2]>,
+    /// Whether backwards use it ([`Device::use_hopper_backward`]).
+    hopper_bwd_on: bool,
 }
 
-/// Head dims of the Hopper forward entries (`attn_fwd_hopper_{dtype}_d{d}`).
+/// Head dims of the Hopper entries (`attn_fwd_hopper_{dtype}_d{d}`, `attn_bwd_dkdv_hopper_..`).
 pub(crate) const HOPPER_HEAD_DIMS: [usize; 2] = [64, 128];
 
-/// One loaded Hopper forward entry.
+/// One loaded Hopper entry.
 #[derive(Clone, Debug)]
 pub(crate) struct HopperKernel {
     pub func: CudaFunction,
-    pub head_dim: usize,
+    /// Dynamic shared memory per CTA.
+    pub smem: usize,
 }
 
-impl HopperKernel {
-    pub fn smem_bytes(&self) -> usize {
-        attn_common::hopper_fwd_smem_bytes(self.head_dim)
-    }
-}
 
 impl std::fmt::Debug for Device {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -154,9 +154,12 @@ impl Device {
             bwd.push(<[BwdKernels; 3]>::try_from(row).unwrap());
         }
         let compact = module.load_function("compact_block_mask")?;
-        let hopper_fwd = match path {
-            KernelPath::Hopper => Some(load_hopper(&module, max_smem)?),
-            KernelPath::Portable => None,
+        let (hopper_fwd, hopper_dkdv) = match path {
+            KernelPath::Hopper => (
+                Some(load_hopper(&module, max_smem, "attn_fwd_hopper", attn_common::hopper_fwd_smem_bytes)?),
+                Some(load_hopper(&module, max_smem, "attn_bwd_dkdv_hopper", attn_common::hopper_dkdv_smem_bytes)?),
+            ),
+            KernelPath::Portable => (None, None),
         };
         let sm_count = ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)? as u32;
         Ok(Device {
@@ -171,6 +174,8 @@ impl Device {
             compact,
             hopper_on: hopper_fwd.is_some(),
             hopper_fwd,
+            hopper_bwd_on: hopper_dkdv.is_some(),
+            hopper_dkdv,
         })
     }
 
@@ -193,9 +198,22 @@ impl Device {
     /// The Hopper forward entry for a dtype (0 bf16, 1 f16) and head dim, when it is on and
     /// serves that head dim (33 to 128).
     pub(crate) fn hopper_kernel(&self, dtype: usize, head_dim: usize) -> Option<&HopperKernel> {
-        let kernels = self.hopper_fwd.as_ref().filter(|_| self.hopper_on)?;
-        let class = HOPPER_HEAD_DIMS.iter().position(|&d| head_dim <= d)?;
-        (head_dim > 32).then(|| &kernels[dtype][class])
+        hopper_entry(self.hopper_fwd.as_ref().filter(|_| self.hopper_on)?, dtype, head_dim)
+    }
+
+    /// Switches the Hopper dK/dV kernel (TMA, wgmma) on or off: on by default on the Hopper
+    /// path for head dims from 33 to 128; off, the backward runs the portable kernels.
+    pub fn use_hopper_backward(&mut self, on: bool) -> Result<()> {
+        if on && self.hopper_dkdv.is_none() {
+            return Err(Error::UnsupportedArch { major: self.capability.0, minor: self.capability.1 });
+        }
+        self.hopper_bwd_on = on;
+        Ok(())
+    }
+
+    /// The Hopper dK/dV entry for a dtype and head dim, when it is on and serves that head dim.
+    pub(crate) fn hopper_dkdv_kernel(&self, dtype: usize, head_dim: usize) -> Option<&HopperKernel> {
+        hopper_entry(self.hopper_dkdv.as_ref().filter(|_| self.hopper_bwd_on)?, dtype, head_dim)
     }
 
     /// Replaces the portable forward kernel of one (dtype, head dim) with another entry of the
@@ -272,15 +290,21 @@ fn load_fwd(module: &Arc<CudaModule>, max_smem: i32, name: &str, head_dim: usize
     Ok(k)
 }
 
-fn load_hopper(module: &Arc<CudaModule>, max_smem: i32) -> Result<[[HopperKernel; 2]; 2]> {
+/// The entry of a Hopper table serving a dtype and head dim (33 to 128).
+fn hopper_entry(kernels: &[[HopperKernel; 2]; 2], dtype: usize, head_dim: usize) -> Option<&HopperKernel> {
+    let class = HOPPER_HEAD_DIMS.iter().position(|&d| head_dim <= d)?;
+    (head_dim > 32).then(|| &kernels[dtype][class])
+}
+
+/// The Hopper entries `{prefix}_{dtype}_d{d}` with their shared memory.
+fn load_hopper(module: &Arc<CudaModule>, max_smem: i32, prefix: &str, smem_bytes: fn(usize) -> usize) -> Result<[[HopperKernel; 2]; 2]> {
     let load = |dtype: &str, d: usize| -> Result<HopperKernel> {
-        let name = format!("attn_fwd_hopper_{dtype}_d{d}");
-        let k = HopperKernel { func: module.load_function(&name)?, head_dim: d };
-        let smem = k.smem_bytes() as i32;
-        if smem > max_smem {
-            return Err(Error::Tensor { name: "kernel", why: format!("{name} needs {smem} bytes of shared memory; the device allows {max_smem}") });
+        let name = format!("{prefix}_{dtype}_d{d}");
+        let k = HopperKernel { func: module.load_function(&name)?, smem: smem_bytes(d) };
+        if k.smem as i32 > max_smem {
+            return Err(Error::Tensor { name: "kernel", why: format!("{name} needs {} bytes of shared memory; the device allows {max_smem}", k.smem) });
         }
-        k.func.set_attribute(sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem)?;
+        k.func.set_attribute(sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, k.smem as i32)?;
         Ok(k)
     };
     let [a, b] = HOPPER_HEAD_DIMS;
@@ -332,6 +356,7 @@ mod tests {
                 for dtype in ["bf16", "f16"] {
                     for d in HOPPER_HEAD_DIMS {
                         names.push(format!("attn_fwd_hopper_{dtype}_d{d}"));
+                        names.push(format!("attn_bwd_dkdv_hopper_{dtype}_d{d}"));
                     }
                 }
             }

@@ -1,7 +1,7 @@
-//! TMA tensor maps for the Hopper forward kernel: the `(dim, token, head, batch)` view of a
-//! `[batch, token, head, dim]` tensor with free strides, in boxes of 64 columns x 128 rows
-//! written with the 128-byte swizzle that the kernel's wgmma descriptors read.
-use attn_common::{HOPPER_KEYS, Strides, TENSOR_MAP_BYTES};
+//! TMA tensor maps for the Hopper kernels: the `(dim, token, head, batch)` view of a
+//! `[batch, token, head, dim]` tensor with free strides, in boxes of 64 columns x `box_rows` rows
+//! written with the 128-byte swizzle that the kernels' wgmma descriptors read.
+use attn_common::{Strides, TENSOR_MAP_BYTES};
 use cudarc::driver::sys;
 
 /// One encoded `CUtensorMap` (opaque, 128 bytes).
@@ -20,6 +20,8 @@ pub(crate) struct MapShape {
     pub batch: usize,
     /// In elements.
     pub strides: Strides,
+    /// Rows (tokens) per box: the kernel's tile height.
+    pub box_rows: u32,
 }
 
 /// The map's extents (elements) and outer strides (bytes), or `None` when TMA cannot describe
@@ -48,7 +50,7 @@ fn geometry(s: &MapShape) -> Option<([u64; 4], [u64; 3])> {
 /// caller then runs the portable kernel, which has no such limits.
 pub(crate) fn encode(s: &MapShape) -> Option<TensorMapBytes> {
     let (dims, strides) = geometry(s)?;
-    let boxes = [64u32, HOPPER_KEYS as u32, 1, 1];
+    let boxes = [64u32, s.box_rows, 1, 1];
     let elem_strides = [1u32; 4];
     let dtype = if s.f16 {
         sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_FLOAT16
@@ -87,7 +89,7 @@ mod tests {
     use super::*;
 
     fn shape(strides: Strides) -> MapShape {
-        MapShape { ptr: 1 << 20, f16: false, head_dim: 128, tokens: 1000, heads: 8, batch: 2, strides }
+        MapShape { ptr: 1 << 20, f16: false, head_dim: 128, tokens: 1000, heads: 8, batch: 2, strides, box_rows: 128 }
     }
 
     #[test]

@@ -30,7 +30,7 @@ const LOG2E: f32 = core::f32::consts::LOG2_E;
 
 /// lse in the exp2 domain; rows that saw nothing get +inf so that their P = exp2(s - lse2) is 0.
 #[inline(always)]
-fn lse2(lse: f32) -> f32 {
+pub(crate) fn lse2(lse: f32) -> f32 {
     if lse == f32::NEG_INFINITY { f32::INFINITY } else { lse * LOG2E }
 }
 

@@ -272,7 +272,7 @@ unsafe fn atomic_inc(ctr: u64) -> u32 {
 
 /// A generic pointer to a shared-memory word given its 32-bit `.shared` address.
 #[inline(always)]
-fn shared_ptr(addr: u32) -> *mut u32 {
+pub(crate) fn shared_ptr(addr: u32) -> *mut u32 {
     let r: u64;
     unsafe {
         core::arch::asm!("{{ .reg .u64 t; cvt.u64.u32 t, {a}; cvta.shared.u64 {r}, t; }}", a = in(reg32) addr, r = out(reg64) r,

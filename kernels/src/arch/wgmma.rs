@@ -75,6 +75,7 @@ macro_rules! keep_impl {
 keep_impl!([f32; 32], 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31);
 keep_impl!([f32; 64], 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31
     32 33 34 35 36 37 38 39 40 41 42 43 44 45 46 47 48 49 50 51 52 53 54 55 56 57 58 59 60 61 62 63);
+keep_impl!([u32; 16], 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15);
 keep_impl!([u32; 32], 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31);
 
 /// The 16-bit input types of the warpgroup products.
@@ -82,6 +83,8 @@ pub trait WgElement {
     /// `wgmma.mma_async.sync.aligned.m64n128k16.f32.T.T d, a-desc, b-desc, p, 1, 1, 0, 0`:
     /// D (64 x 128) = A B (+ D when `acc`), A and B K-major in shared memory.
     unsafe fn mma_ss_n128(d: &mut [f32; 64], a: u64, b: u64, acc: bool);
+    /// As `mma_ss_n128` with N = 64.
+    unsafe fn mma_ss_n64(d: &mut [f32; 32], a: u64, b: u64, acc: bool);
     /// `wgmma.mma_async.sync.aligned.m64n128k16.f32.T.T d, {a}, b-desc, p, 1, 1, 1` (p true):
     /// D (64 x 128) += A B, A from registers, B MN-major in shared memory.
     unsafe fn mma_rs_n128(d: &mut [f32; 64], a: [u32; 4], b: u64);
@@ -123,6 +126,7 @@ macro_rules! wg_element {
         impl WgElement for $t {
             mma_ss!(mma_ss_n128, $ty, 128, 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31
                 32 33 34 35 36 37 38 39 40 41 42 43 44 45 46 47 48 49 50 51 52 53 54 55 56 57 58 59 60 61 62 63);
+            mma_ss!(mma_ss_n64, $ty, 64, 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31);
             mma_rs!(mma_rs_n128, $ty, 128, 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31
                 32 33 34 35 36 37 38 39 40 41 42 43 44 45 46 47 48 49 50 51 52 53 54 55 56 57 58 59 60 61 62 63);
             mma_rs!(mma_rs_n64, $ty, 64, 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31);

@@ -362,7 +362,8 @@ fn main() {
         return;
     }
     // --path portable|hopper loads that module explicitly (default: the device's own);
-    // hopper-portable loads the sm_90a module but runs its portable forward kernels.
+    // hopper-portable loads the sm_90a module but runs its portable kernels (forward and
+    // backward).
     let path_arg = args.iter().position(|a| a == "--path").and_then(|i| args.get(i + 1)).map(|s| s.as_str());
     let path = match path_arg {
         Some("portable") => Some(block_sparse_attn::KernelPath::Portable),
@@ -372,6 +373,7 @@ fn main() {
     let opened = Device::with_path(0, path).and_then(|mut d| {
         if path_arg == Some("hopper-portable") {
             d.use_hopper_forward(false)?;
+            d.use_hopper_backward(false)?;
         }
         Ok(d)
     });

@@ -1,0 +1,413 @@
+//! The Hopper dK/dV kernel (sm_90a): TMA, mbarriers, wgmma, warp specialisation.
+//!
+//! One CTA per (batch, kv head, 128-key tile), 384 threads. Warp 0 is the producer: it loads K
+//! and V once, then walks, for every query head of the GQA group in order, the 64-row query
+//! tiles that see the key tile (the transposed plan, [`QueryTileWalk`]) and brings each tile's Q
+//! and dO in with TMA, with the tile's row data (lse, D) written beside them, into a
+//! ring of `HOPPER_BWD_STAGES` stages on mbarriers. Warpgroups 1 and 2 are the consumers, 64 keys
+//! each, with 232 registers; per query tile:
+//! - Sᵀ = K Qᵀ and dPᵀ = V dOᵀ by wgmma from shared memory (keys are the rows, so the results
+//!   are already the A operands of the next two products);
+//! - Pᵀ = exp2(Sᵀ·scale − lse) (token mask first on partial tiles), dV += Pᵀ dO with Pᵀ from
+//!   registers and dO read MN-major;
+//! - dSᵀ = Pᵀ ∘ (dPᵀ − D), dK += dSᵀ Q likewise.
+//! Summing the group inside one CTA in a fixed order keeps the GQA reduction deterministic: no
+//! atomics. Rows past the sequence get lse = +inf, so their P and dS are 0.
+use attn_common::{
+    BLK, HOPPER_BWD_KEYS, HOPPER_BWD_QUERIES, HOPPER_BWD_SIDE_BYTES, HOPPER_BWD_STAGES, HopperBwdParams, KIND_BLOCK_SPARSE, KeySpan,
+    QueryTileWalk, RowWindow, SeqInfo, TENSOR_MAP_BYTES, WorkItem, row_window,
+};
+
+use crate::arch::math::{exp2, fma};
+use crate::arch::mma::Element;
+use crate::arch::smem::{dynamic_smem, ld_shared_u32, smem_u32};
+use crate::arch::sync::{bar_sync, block_idx, opaque, thread_idx};
+use crate::arch::tma::{fence_mbar_init, mbar_arrive, mbar_arrive_expect_tx, mbar_init, mbar_wait, prefetch_tensormap, setmaxnreg_dec, setmaxnreg_inc, tma_load_4d};
+use crate::arch::wgmma::{self, WgElement, desc, keep};
+use crate::bwd::lse2;
+use crate::hopper::{OAcc, shared_ptr};
+use crate::item::{elem_offset, head_rule};
+
+const NS: u32 = HOPPER_BWD_STAGES as u32;
+const BK: i32 = HOPPER_BWD_KEYS as i32;
+const BQ: i32 = HOPPER_BWD_QUERIES as i32;
+/// Bytes of one 64-column block of the K/V tile and of a Q/dO tile (rows of 128 bytes).
+const HALF_KV: u32 = (HOPPER_BWD_KEYS * 128) as u32;
+const HALF_Q: u32 = (HOPPER_BWD_QUERIES * 128) as u32;
+const SIDE: u32 = HOPPER_BWD_SIDE_BYTES as u32;
+/// Row data offsets within a stage's side block: lse, D, the row windows, then the tile's words
+/// (flags, query head, first row).
+const SIDE_D: u32 = 4 * BQ as u32;
+const SIDE_WIN: u32 = 8 * BQ as u32;
+const SIDE_WORD: u32 = SIDE_WIN + (BQ as usize * size_of::<RowWindow>()) as u32;
+/// The stage's flags word: `PARTIAL` when the tile needs the token mask, `END` after the last tile.
+const PARTIAL: u32 = 1;
+const END: u32 = u32::MAX;
+/// Registers per thread after `setmaxnreg`. The CTA starts with 168 per thread (384 threads,
+/// one CTA per SM); `setmaxnreg.inc` waits for registers the producers gave back, so the two
+/// budgets must fit in what the launch allocated, or the consumers wait forever.
+const PRODUCER_REGS: u32 = 40;
+const CONSUMER_REGS: u32 = 232;
+const _: () = assert!(128 * PRODUCER_REGS + 256 * CONSUMER_REGS <= 384 * 168);
+/// Arrivals on a full barrier: the walker's and the row-data warp's; on an empty one, every
+/// consumer thread (each frees its own reads of the row data).
+const ROW_DATA_LANES: u32 = 32;
+const CONSUMER_THREADS: u32 = 256;
+
+/// Shared-memory layout (32-bit `.shared` addresses).
+#[derive(Clone, Copy)]
+struct Smem {
+    k: u32,
+    v: u32,
+    q: u32,
+    d_o: u32,
+    side: u32,
+    bars: u32,
+    q_bytes: u32,
+}
+
+impl Smem {
+    #[inline(always)]
+    fn new(base: u32, d: usize) -> Self {
+        let kv_bytes = (HOPPER_BWD_KEYS * d * 2) as u32;
+        let q_bytes = (HOPPER_BWD_QUERIES * d * 2) as u32;
+        let k = base;
+        let v = k + kv_bytes;
+        let q = v + kv_bytes;
+        let d_o = q + NS * q_bytes;
+        let side = d_o + NS * q_bytes;
+        Smem { k, v, q, d_o, side, bars: side + NS * SIDE, q_bytes }
+    }
+    fn q(&self, s: u32) -> u32 {
+        self.q + s * self.q_bytes
+    }
+    fn d_o(&self, s: u32) -> u32 {
+        self.d_o + s * self.q_bytes
+    }
+    fn side(&self, s: u32) -> u32 {
+        self.side + s * SIDE
+    }
+    fn kv_full(&self) -> u32 {
+        self.bars
+    }
+    fn full(&self, s: u32) -> u32 {
+        self.bars + 8 * (1 + s)
+    }
+    fn empty(&self, s: u32) -> u32 {
+        self.bars + 8 * (1 + NS + s)
+    }
+    /// The walker has written stage `s`'s words.
+    fn words(&self, s: u32) -> u32 {
+        self.bars + 8 * (1 + 2 * NS + s)
+    }
+}
+
+#[inline(always)]
+pub unsafe fn bwd_dkdv_hopper<E: Element + WgElement, O: OAcc>(p: &HopperBwdParams) {
+    let tid = thread_idx();
+    let sm = Smem::new(smem_u32(dynamic_smem()), O::D);
+    if tid == 0 {
+        unsafe {
+            mbar_init(sm.kv_full(), 1);
+            for s in 0..NS {
+                mbar_init(sm.words(s), 1);
+                mbar_init(sm.full(s), 1 + ROW_DATA_LANES);
+                mbar_init(sm.empty(s), CONSUMER_THREADS);
+            }
+            fence_mbar_init();
+        }
+    }
+    bar_sync();
+    if tid < 128 {
+        unsafe { setmaxnreg_dec::<PRODUCER_REGS>() };
+        if tid == 0 {
+            unsafe { walker::<O>(p, sm) };
+        } else if tid / 32 == 1 {
+            unsafe { row_data(p, sm, tid % 32) };
+        }
+    } else {
+        unsafe { setmaxnreg_inc::<CONSUMER_REGS>() };
+        unsafe { consumer::<E, O>(p, sm, tid / 128 - 1, tid % 128) };
+    }
+}
+
+/// This CTA's key tile and its sequence.
+#[inline(always)]
+fn kv_item(p: &HopperBwdParams) -> (WorkItem, SeqInfo) {
+    crate::item::item_at(&p.b.f, p.b.kv_items, block_idx())
+}
+
+/// Warp 0, lane 0: K and V, then every query tile of the walk through the ring: it writes the
+/// tile's words, wakes the row-data warp ([`row_data`]) and issues the Q and dO copies.
+#[inline(always)]
+unsafe fn walker<O: OAcc>(p: &HopperBwdParams, sm: Smem) {
+    let f = &p.b.f;
+    let map = |i: u64| p.tensor_maps + i * TENSOR_MAP_BYTES as u64;
+    let halves = (O::D / 64) as u32;
+    let (item, seq) = kv_item(p);
+    let j0 = item.q_block as i32 * BK;
+    let batch = if p.packed != 0 { 0 } else { item.batch as i32 };
+    unsafe {
+        for i in 0..4 {
+            prefetch_tensormap(map(i));
+        }
+        mbar_arrive_expect_tx(sm.kv_full(), 2 * (HOPPER_BWD_KEYS * O::D * 2) as u32);
+        for h in 0..halves {
+            let c = [h as i32 * 64, seq.k_start + j0, item.head as i32, batch];
+            tma_load_4d(sm.k + h * HALF_KV, map(2), sm.kv_full(), c);
+            tma_load_4d(sm.v + h * HALF_KV, map(3), sm.kv_full(), c);
+        }
+    }
+    let causal = f.causal != 0;
+    let mut tile = 0u32;
+    for g in 0..f.group {
+        let head = item.head * f.group + g;
+        let rule = head_rule(f, head);
+        let span = KeySpan::new(rule, causal, seq.q_len, seq.k_len, j0, j0 + BK - 1);
+        let mut walk = if rule.kind == KIND_BLOCK_SPARSE {
+            // The transposed compacted mask: the query blocks that keep this key block.
+            let mb = if f.mask_batch == 1 { 0 } else { item.batch };
+            let col = ((mb * f.n_masks + rule.a) * f.mask_k_blocks) as usize + (j0 / BLK) as usize;
+            let list = unsafe { (f.block_lists as *const i32).add(col * f.mask_q_blocks as usize) };
+            QueryTileWalk::sparse(span, BQ, list, unsafe { *(f.block_counts as *const i32).add(col) })
+        } else {
+            QueryTileWalk::formula(span, BQ)
+        };
+        loop {
+            let i0 = unsafe { walk.next() };
+            if i0 < 0 {
+                break;
+            }
+            let s = tile % NS;
+            let side = sm.side(s);
+            unsafe {
+                mbar_wait(sm.empty(s), ((tile / NS) & 1) ^ 1);
+                *shared_ptr(side + SIDE_WORD) = if span.tile_full(i0, i0 + BQ - 1) { 0 } else { PARTIAL };
+                *shared_ptr(side + SIDE_WORD + 4) = head;
+                *shared_ptr(side + SIDE_WORD + 8) = i0 as u32;
+                mbar_arrive(sm.words(s));
+                mbar_arrive_expect_tx(sm.full(s), 2 * sm.q_bytes);
+                for h in 0..halves {
+                    let c = [h as i32 * 64, seq.q_start + i0, head as i32, batch];
+                    tma_load_4d(sm.q(s) + h * HALF_Q, map(0), sm.full(s), c);
+                    tma_load_4d(sm.d_o(s) + h * HALF_Q, map(1), sm.full(s), c);
+                }
+            }
+            tile += 1;
+        }
+    }
+    let s = tile % NS;
+    unsafe {
+        mbar_wait(sm.empty(s), ((tile / NS) & 1) ^ 1);
+        *shared_ptr(sm.side(s) + SIDE_WORD) = END;
+        mbar_arrive(sm.words(s));
+        mbar_arrive(sm.full(s));
+    }
+}
+
+/// Warp 1: for each tile the walker announced, its rows' lse (exp2 domain), D and windows
+/// (two rows per lane), beside the Q and dO copies. A warp of its own: with the walk in the same
+/// registers the producer warpgroup's 40 would not do.
+#[inline(always)]
+unsafe fn row_data(p: &HopperBwdParams, sm: Smem, lane: u32) {
+    let f = &p.b.f;
+    let (item, seq) = kv_item(p);
+    let causal = f.causal != 0;
+    let mut tile = 0u32;
+    loop {
+        let s = tile % NS;
+        let side = sm.side(s);
+        unsafe { mbar_wait(sm.words(s), (tile / NS) & 1) };
+        let word = unsafe { ld_shared_u32(side + SIDE_WORD) };
+        if word != END {
+            let (head, i0) = unsafe { (ld_shared_u32(side + SIDE_WORD + 4), ld_shared_u32(side + SIDE_WORD + 8) as i32) };
+            let rule = head_rule(f, head);
+            for k in 0..2 {
+                let r = lane + 32 * k;
+                let i = i0 + r as i32;
+                let (mut l, mut d) = (f32::INFINITY, 0.0f32);
+                if i < seq.q_len {
+                    let at = item.batch as i64 * f.lse_batch + head as i64 * f.lse_head + (seq.q_start + i) as i64;
+                    unsafe {
+                        l = lse2(*(f.lse as *const f32).add(at as usize));
+                        d = *(p.b.dsum as *const f32).add(at as usize);
+                    }
+                }
+                let w = row_window(rule, causal, seq.q_len, seq.k_len, i);
+                let wa = side + SIDE_WIN + r * size_of::<RowWindow>() as u32;
+                unsafe {
+                    *(shared_ptr(side + 4 * r) as *mut f32) = l;
+                    *(shared_ptr(side + SIDE_D + 4 * r) as *mut f32) = d;
+                    *(shared_ptr(wa) as *mut i32) = w.sink_end;
+                    *(shared_ptr(wa + 4) as *mut i32) = w.lo;
+                    *(shared_ptr(wa + 8) as *mut i32) = w.hi;
+                }
+            }
+        }
+        unsafe { mbar_arrive(sm.full(s)) };
+        if word == END {
+            break;
+        }
+        tile += 1;
+    }
+}
+
+/// Packs the rows of a 64 x 64 accumulator (keys x queries) into the A fragments of a product
+/// over the 64 queries: the 16-query step `kk` takes `a0`/`a1` from 8-column block `2kk` and
+/// `a2`/`a3` from block `2kk + 1` (as the forward's `pack_p`).
+#[inline(always)]
+fn pack_a<E: Element>(x: &[f32; 32]) -> [u32; 16] {
+    let mut a = [0u32; 16];
+    for n in 0..8 {
+        for h in 0..2 {
+            a[4 * (n / 2) + 2 * (n % 2) + h] = E::pack2(x[4 * n + 2 * h], x[4 * n + 2 * h + 1]);
+        }
+    }
+    a
+}
+
+/// Issues acc (+)= A Bᵀ over the head dim for a 64 x 64 result, A (64 rows, `a_half` bytes per
+/// 64 columns) and B (64 rows, `HALF_Q` per 64 columns) K-major in shared memory.
+#[inline(always)]
+unsafe fn issue_ss<E: WgElement, O: OAcc>(acc: &mut [f32; 32], a: u64, b: u64) {
+    let step = |kk: usize, half: u32| ((kk / 4) as u32 * half + (kk % 4) as u32 * 32) as u64 >> 4;
+    for kk in 0..O::D / 16 {
+        unsafe { E::mma_ss_n64(acc, a + step(kk, HALF_KV), b + step(kk, HALF_Q), kk > 0) };
+    }
+}
+
+/// Issues acc += A B over the tile's 64 queries, A from registers, B (a Q or dO stage) MN-major.
+#[inline(always)]
+unsafe fn issue_rs<E: WgElement, O: OAcc>(acc: &mut O, a: &[u32; 16], b: u64) {
+    for kk in 0..BQ as usize / 16 {
+        unsafe { acc.mma::<E>([a[4 * kk], a[4 * kk + 1], a[4 * kk + 2], a[4 * kk + 3]], b + ((kk as u32 * 16 * 128) as u64 >> 4)) };
+    }
+}
+
+/// One consumer warpgroup (`c` = 0 or 1: keys 64c..64c + 64 of the tile); `t` is the thread's
+/// index in it.
+#[inline(always)]
+unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperBwdParams, sm: Smem, c: u32, t: u32) {
+    let (warp, lane) = (t / 32, t % 32);
+    let (item, seq) = kv_item(p);
+    let j0 = item.q_block as i32 * BK;
+    let key = j0 + (c * 64 + warp * 16 + lane / 4) as i32; // and key + 8
+    let scale = p.b.f.scale_log2;
+    let mut dk = O::zero();
+    let mut dv = O::zero();
+    unsafe { mbar_wait(sm.kv_full(), 0) };
+    let mut tile = 0u32;
+    loop {
+        let s = tile % NS;
+        unsafe { mbar_wait(sm.full(s), (tile / NS) & 1) };
+        let side = sm.side(s);
+        let word = unsafe { ld_shared_u32(side + SIDE_WORD) };
+        if word == END {
+            break;
+        }
+        let (q_s, do_s) = (sm.q(s), sm.d_o(s));
+        // Built in the loop from an opaque value: hoisted, the 16 descriptors of the K and V
+        // steps would be held (and spilled) across it.
+        let c_off = opaque(c) * 64 * 128;
+        let (da_k, da_v) = (desc(sm.k + c_off, 16, 1024), desc(sm.v + c_off, 16, 1024));
+        let mut st = [0.0f32; 32];
+        let mut dp = [0.0f32; 32];
+        unsafe {
+            keep(&mut st);
+            wgmma::fence();
+            issue_ss::<E, O>(&mut st, da_k, desc(q_s, 16, 1024));
+            wgmma::commit();
+            wgmma::wait::<0>();
+            keep(&mut st);
+        }
+        // This thread's columns (query rows of the tile): 8n + col0 + e.
+        let col0 = 2 * (lane % 4);
+        if word & PARTIAL != 0 {
+            // Scores of pairs the query row does not see: -inf, so P = 0 below.
+            for n in 0..8 {
+                for e in 0..2 {
+                    let wa = side + SIDE_WIN + ((8 * n + e) as u32 + col0) * size_of::<RowWindow>() as u32;
+                    let w = unsafe { RowWindow { sink_end: ld_shared_u32(wa) as i32, lo: ld_shared_u32(wa + 4) as i32, hi: ld_shared_u32(wa + 8) as i32 } };
+                    for h in 0..2 {
+                        if !w.sees(key + 8 * h as i32) {
+                            st[4 * n + 2 * h + e] = f32::NEG_INFINITY;
+                        }
+                    }
+                }
+            }
+        }
+        for n in 0..8 {
+            for e in 0..2 {
+                let l = unsafe { f32::from_bits(ld_shared_u32(side + 4 * ((8 * n + e) as u32 + col0))) };
+                for h in 0..2 {
+                    let x = &mut st[4 * n + 2 * h + e];
+                    *x = exp2(fma(*x, scale, -l));
+                }
+            }
+        }
+        // Pᵀ rounded once: it feeds dV and, unpacked, dS (as the portable kernel).
+        let mut pa = pack_a::<E>(&st);
+        // dPᵀ is issued only now: during the mask and exponentials above its 32 accumulators
+        // would not fit beside dK, dV and Sᵀ at D = 128.
+        unsafe {
+            keep(&mut dp);
+            keep(&mut dv);
+            keep(&mut pa);
+            wgmma::fence();
+            issue_ss::<E, O>(&mut dp, da_v, desc(do_s, 16, 1024));
+            wgmma::commit();
+            issue_rs::<E, O>(&mut dv, &pa, desc(do_s, HALF_Q, 1024));
+            wgmma::commit();
+            wgmma::wait::<1>(); // dPᵀ is done (groups complete in order)
+            keep(&mut dp);
+        }
+        for n in 0..8 {
+            for h in 0..2 {
+                let (p0, p1) = E::unpack2(pa[4 * (n / 2) + 2 * (n % 2) + h]);
+                for e in 0..2 {
+                    let pr = if e == 0 { p0 } else { p1 };
+                    let d = unsafe { f32::from_bits(ld_shared_u32(side + SIDE_D + 4 * ((8 * n + e) as u32 + col0))) };
+                    dp[4 * n + 2 * h + e] = pr * (dp[4 * n + 2 * h + e] - d);
+                }
+            }
+        }
+        let mut dsa = pack_a::<E>(&dp);
+        unsafe {
+            keep(&mut dk);
+            keep(&mut dsa);
+            wgmma::fence();
+            issue_rs::<E, O>(&mut dk, &dsa, desc(q_s, HALF_Q, 1024));
+            wgmma::commit();
+            wgmma::wait::<0>();
+            keep(&mut dk);
+            keep(&mut dv);
+            keep(&mut pa);
+            keep(&mut dsa);
+            mbar_arrive(sm.empty(s));
+        }
+        tile += 1;
+    }
+
+    // Keys no query sees get zero gradients: every key of the tile is written.
+    let bp = &p.b;
+    let valid_chunks = bp.f.head_dim / 8;
+    let (dkv, dvv) = (dk.v(), dv.v());
+    for h in 0..2 {
+        let j = key + 8 * h as i32;
+        if j >= seq.k_len {
+            continue;
+        }
+        let dk_row = bp.dk + 2 * elem_offset(&bp.dk_strides, item.batch, seq.k_start + j, item.head) as u64;
+        let dv_row = bp.dv + 2 * elem_offset(&bp.dv_strides, item.batch, seq.k_start + j, item.head) as u64;
+        for n in 0..O::D / 8 {
+            if (n as u32) < valid_chunks {
+                let off = 2 * (n as u64 * 8 + (lane % 4) as u64 * 2);
+                let (a, b) = (4 * n + 2 * h, 4 * n + 2 * h + 1);
+                unsafe {
+                    *((dk_row + off) as *mut u32) = E::pack2(dkv[a] * bp.scale, dkv[b] * bp.scale);
+                    *((dv_row + off) as *mut u32) = E::pack2(dvv[a], dvv[b]);
+                }
+            }
+        }
+    }
+}
