@@ -1,45 +1,61 @@
 """Forward + backward times of the peers (B=1, H=32, D=128, bf16, causal): SDPA flash and cuDNN
-(dense), FlexAttention (dense, token streaming 64/256, block streaming 1/3, mixed). Median of
-CUDA-event timings of forward+backward after warm-up.
+(dense), FlexAttention on every attn-bench workload with the same BlockMasks as the forward peers
+(benches/peers.py: block-sparse masks from attn-bench's mask files, streaming from their
+mask_mods, mixed per head). Median of CUDA-event timings of forward+backward after warm-up.
 
-python3 benches/peers_bwd.py --lens 8192,16384
+    attn-bench --dump-masks MASKS --dump-only --lens 8192,16384 --causal true
+    python3 benches/peers_bwd.py --masks MASKS --lens 8192,16384 [--only SUBSTR]
 """
 import argparse
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from peers import D, H, median_ms  # same shapes and timing as the forward peers
+from peers import D, H, compiled_flex, flex_block_mask, load_manifest, median_ms  # same shapes, masks and timing as the forward peers
 
 
 def main():
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--masks", required=True, type=Path, help="directory written by attn-bench --dump-masks")
     ap.add_argument("--lens", default="8192,16384")
     ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--only", default="", help="only workloads whose name contains this")
     a = ap.parse_args()
-    from torch.nn.attention.flex_attention import flex_attention, create_block_mask
-    flex = torch.compile(flex_attention, dynamic=False)
+    flex = compiled_flex()
     print("device:", torch.cuda.get_device_name(), flush=True)
-    for s in [int(x) for x in a.lens.split(",")]:
+    groups = load_manifest(a.masks, {int(x) for x in a.lens.split(",")}, [True], a.only)
+    for (causal, s), rows in groups.items():
         q, k, v = (torch.randn(1, H, s, D, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
         g = torch.randn(1, H, s, D, device="cuda", dtype=torch.bfloat16)
-        for name, backend in [("sdpa_flash", SDPBackend.FLASH_ATTENTION), ("sdpa_cudnn", SDPBackend.CUDNN_ATTENTION)]:
-            def step():
-                with sdpa_kernel(backend):
-                    F.scaled_dot_product_attention(q, k, v, is_causal=True).backward(g)
-            print(f"{name:<11} dense                          {s:>6} fwd+bwd {median_ms(step, a.iters):9.3f} ms", flush=True)
-        def dense(b, h, qi, ki): return ki <= qi
-        def token(b, h, qi, ki): return ((ki < 64) | (qi - 256 < ki)) & (ki <= qi)
-        def block(b, h, qi, ki): return ((ki // 128 < 1) | (qi // 128 - 3 < ki // 128)) & (ki <= qi)
-        def mixed(b, h, qi, ki): return torch.where(h % 2 == 0, dense(b, h, qi, ki), token(b, h, qi, ki))
-        for name, mm, heads in [("dense", dense, None), ("token_stream_64_256", token, None), ("block_stream_1_3", block, None), ("mixed_half_dense_half_token", mixed, H)]:
+
+        def report(impl, name, step):
             try:
-                bm = create_block_mask(mm, None, heads, s, s, device="cuda")
-                step = lambda: flex(q, k, v, block_mask=bm).backward(g)
-                print(f"flex        {name:<30} {s:>6} fwd+bwd {median_ms(step, a.iters):9.3f} ms", flush=True)
+                ms = f"{median_ms(step, a.iters):9.3f} ms"
+            except torch.OutOfMemoryError:
+                ms = "OOM"
+            except Exception as e:  # a backend may refuse a shape; a compile may fail
+                ms = f"FAILED {type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else ''}"
+            print(f"{impl:<11} {name:<30} {s:>6} fwd+bwd {ms}", flush=True)
+            torch.cuda.empty_cache()
+
+        for row in rows:
+            if row["workload"] == "dense":
+                for impl, backend in [("sdpa_flash", SDPBackend.FLASH_ATTENTION), ("sdpa_cudnn", SDPBackend.CUDNN_ATTENTION)]:
+                    def sdpa(backend=backend):
+                        with sdpa_kernel(backend):
+                            F.scaled_dot_product_attention(q, k, v, is_causal=causal).backward(g)
+                    report(impl, "dense", sdpa)
+            try:
+                bm = flex_block_mask(row, a.masks, s, causal, "cuda")
             except Exception as e:
-                print(f"flex {name}: {type(e).__name__}", flush=True)
+                print(f"flex        {row['workload']:<30} {s:>6} block mask failed: {type(e).__name__}", flush=True)
+                continue
+            report("flex", row["workload"], lambda: flex(q, k, v, block_mask=bm).backward(g))
+            del bm
+        del q, k, v, g
+        torch.cuda.empty_cache()
 
 
 if __name__ == "__main__":

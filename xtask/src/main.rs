@@ -419,7 +419,7 @@ echo "results in $dir/results (bench.sh: $([ $failed = 0 ] && echo ok || echo 'a
 exit $failed
 "#;
 
-/// A bundle/ with what a benchmark run needs on the GPU machine: bin/attn-bench, peers.py (and its
+/// A bundle/ with what a benchmark run needs on the GPU machine: bin/attn-bench, peers.py, peers_bwd.py (and their
 /// CPU check) and bench.sh. Only attn-bench is built, to keep the transfer small (every binary
 /// embeds both PTX modules); `cargo xtask bundle` carries the tests, the suite and the examples.
 fn bench() -> Result {
@@ -431,7 +431,7 @@ fn bench() -> Result {
     for (_, exe) in &bins {
         copy_stripped(exe, &dir.join("bin").join(exe.file_name().unwrap()))?;
     }
-    for file in ["peers.py", "check_peers.py"] {
+    for file in ["peers.py", "peers_bwd.py", "check_peers.py"] {
         fs::copy(root.join("benches").join(file), dir.join(file)).map_err(|e| format!("copying benches/{file}: {e}"))?;
     }
     let script = dir.join("bench.sh");
