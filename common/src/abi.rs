@@ -240,3 +240,27 @@ pub struct HopperBwdParams {
 pub const fn hopper_dkdv_smem_bytes(d: usize) -> usize {
     (2 * HOPPER_BWD_KEYS + 2 * HOPPER_BWD_STAGES * HOPPER_BWD_QUERIES) * d * 2 + HOPPER_BWD_STAGES * HOPPER_BWD_SIDE_BYTES + 8 * (1 + 3 * HOPPER_BWD_STAGES)
 }
+
+/// K/V stages of the Hopper dQ kernel's ring (two: Q and dO take the room of the third).
+pub const HOPPER_DQ_STAGES: usize = 2;
+
+/// Parameters of the Hopper dQ kernel, passed by value: the forward's (its tensor maps are Q, K,
+/// V and dO, all in 128-row boxes; its items are the forward's query blocks) and the gradient's.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Default)]
+pub struct HopperDqParams {
+    pub h: HopperFwdParams,
+    /// `f32`, laid out like `lse`: rowsum(dO ∘ O).
+    pub dsum: u64,
+    pub dq: u64,
+    pub dq_strides: Strides,
+    /// `softmax_scale` itself (dQ is scaled by it).
+    pub scale: f32,
+    pub _pad: u32,
+}
+
+/// Dynamic shared memory of the Hopper dQ kernel at head dim `d`: Q, dO, the K and V rings, then
+/// the barriers, the tile ring and the item slot (as [`hopper_fwd_smem_bytes`]).
+pub const fn hopper_dq_smem_bytes(d: usize) -> usize {
+    (2 * HOPPER_Q_TILES * HOPPER_ROWS + 2 * HOPPER_DQ_STAGES * HOPPER_KEYS) * d * 2 + 1024
+}

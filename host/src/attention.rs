@@ -1,7 +1,7 @@
 //! The GPU forward pass: a reusable plan per call shape, then launches on the caller's stream.
 use std::sync::Arc;
 
-use attn_common::{BwdParams, CompactParams, FwdParams, HOPPER_KEYS, HOPPER_THREADS, HopperBwdParams, HopperFwdParams, Strides, TENSOR_MAP_BYTES};
+use attn_common::{BwdParams, CompactParams, FwdParams, HOPPER_KEYS, HOPPER_THREADS, HopperBwdParams, HopperDqParams, HopperFwdParams, Strides, TENSOR_MAP_BYTES};
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg, SyncOnDrop, ValidAsZeroBits};
 
 use crate::device::{Device, FWD_HEAD_DIMS, HopperKernel};
@@ -225,19 +225,13 @@ impl Attention {
         let tables = self.tables(stream);
         let io = [(qp, q.strides), (kp, k.strides), (vp, v.strides), (op, o.strides)];
         let params = self.fwd_params(&tables.ptrs(), io, lsep, (lp, cp));
-        if let Some((kernel, maps)) = self.hopper_maps::<T>(device, &io) {
+        if let Some((kernel, maps)) = self.hopper_maps::<T>(device.hopper_kernel(T::KERNEL, spec.head_dim), &io, None) {
             // One upload per call: the three maps, then the (zeroed) work counter.
             let mut bytes = maps.concat();
             bytes.resize(bytes.len() + 16, 0);
             let bytes = stream.clone_htod(&bytes)?;
             let (mp, _g8) = bytes.device_ptr(stream);
-            let hp = HopperFwdParams {
-                f: params,
-                tensor_maps: mp,
-                counter: mp + 3 * TENSOR_MAP_BYTES as u64,
-                n_items: self.n_items,
-                packed: spec.is_varlen() as u32,
-            };
+            let hp = self.hopper_params(params, mp, 3);
             let grid = self.n_items.min(device.sm_count());
             let cfg = LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (HOPPER_THREADS, 1, 1), shared_mem_bytes: kernel.smem as u32 };
             let arg = ByValue(hp);
@@ -275,16 +269,32 @@ impl Attention {
         Tables { seqs: self.seqs.device_ptr(stream), heads: self.heads.device_ptr(stream), items: self.items.device_ptr(stream) }
     }
 
-    /// The Hopper forward entry for this call and its Q, K and V tensor maps, or `None` when it
-    /// does not run this call (another path, head dim, or a tensor that TMA cannot describe).
-    fn hopper_maps<'d, T: Element>(&self, device: &'d Device, io: &[(u64, Strides); 4]) -> Option<(&'d HopperKernel, [TensorMapBytes; 3])> {
+    /// `kernel` (a Hopper forward or dQ entry) with this call's Q, K, V (and `d_o`) tensor maps,
+    /// or `None` when it does not run this call (another path, head dim, or a tensor that TMA
+    /// cannot describe). `io`: q, k, v, o.
+    fn hopper_maps<'d, T: Element>(
+        &self,
+        kernel: Option<&'d HopperKernel>,
+        io: &[(u64, Strides); 4],
+        d_o: Option<(u64, Strides)>,
+    ) -> Option<(&'d HopperKernel, Vec<TensorMapBytes>)> {
         let spec = &self.spec;
-        let kernel = device.hopper_kernel(T::KERNEL, spec.head_dim)?;
+        let kernel = kernel?;
         let (batch, tq, tk) = if spec.is_varlen() { (1, spec.total_q(), spec.total_k()) } else { (spec.batch(), spec.max_seqlen_q(), spec.max_seqlen_k()) };
-        let map = |i: usize, tokens: usize, heads: usize| {
-            tensor_map::encode(&MapShape { ptr: io[i].0, f16: T::KERNEL == 1, head_dim: spec.head_dim, tokens, heads, batch, strides: io[i].1, box_rows: HOPPER_KEYS as u32 })
+        let map = |(ptr, strides): (u64, Strides), tokens: usize, heads: usize| {
+            tensor_map::encode(&MapShape { ptr, f16: T::KERNEL == 1, head_dim: spec.head_dim, tokens, heads, batch, strides, box_rows: HOPPER_KEYS as u32 })
         };
-        Some((kernel, [map(0, tq, spec.heads_q)?, map(1, tk, spec.heads_kv)?, map(2, tk, spec.heads_kv)?]))
+        let mut maps = vec![map(io[0], tq, spec.heads_q)?, map(io[1], tk, spec.heads_kv)?, map(io[2], tk, spec.heads_kv)?];
+        if let Some(d_o) = d_o {
+            maps.push(map(d_o, tq, spec.heads_q)?);
+        }
+        Some((kernel, maps))
+    }
+
+    /// The persistent Hopper kernels' parameters: `maps` is the upload of `n_maps` tensor maps
+    /// followed by the zeroed work counter.
+    fn hopper_params(&self, f: FwdParams, maps: u64, n_maps: u64) -> HopperFwdParams {
+        HopperFwdParams { f, tensor_maps: maps, counter: maps + n_maps * TENSOR_MAP_BYTES as u64, n_items: self.n_items, packed: self.spec.is_varlen() as u32 }
     }
 
     /// The Hopper dK/dV entry for this call and its Q, dO (64-row boxes), K and V (128-row
@@ -409,8 +419,27 @@ impl Attention {
             let cfg = LaunchConfig { grid_dim: (self.n_items, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
             let arg = ByValue(bp);
             unsafe { stream.launch_builder(&kernels.dsum).arg(&arg).launch(cfg)? };
-            let cfg = LaunchConfig { grid_dim: (self.n_items, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: attn_common::bwd_dq_smem_bytes(d) as u32 };
-            unsafe { stream.launch_builder(&kernels.dq).arg(&arg).launch(cfg)? };
+            if let Some((kernel, maps)) = self.hopper_maps::<T>(device.hopper_dq_kernel(T::KERNEL, spec.head_dim), &io, Some((dop, qs))) {
+                // As the Hopper forward: the maps (Q, K, V, dO), then the zeroed work counter.
+                let mut bytes = maps.concat();
+                bytes.resize(bytes.len() + 16, 0);
+                let bytes = stream.clone_htod(&bytes)?;
+                let (mp, _g16) = bytes.device_ptr(stream);
+                let hp = HopperDqParams {
+                    h: self.hopper_params(bp.f, mp, 4),
+                    dsum: dsp,
+                    dq: dqp,
+                    dq_strides: qs,
+                    scale: spec.scale(),
+                    _pad: 0,
+                };
+                let cfg = LaunchConfig { grid_dim: (self.n_items.min(device.sm_count()), 1, 1), block_dim: (HOPPER_THREADS, 1, 1), shared_mem_bytes: kernel.smem as u32 };
+                let arg = ByValue(hp);
+                unsafe { stream.launch_builder(&kernel.func).arg(&arg).launch(cfg)? };
+            } else {
+                let cfg = LaunchConfig { grid_dim: (self.n_items, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: attn_common::bwd_dq_smem_bytes(d) as u32 };
+                unsafe { stream.launch_builder(&kernels.dq).arg(&arg).launch(cfg)? };
+            }
         }
         if self.n_kv_items > 0 {
             // The key-side walk reads the mask's columns.

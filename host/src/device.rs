@@ -66,7 +66,8 @@ pub struct Device {
     hopper_fwd: Option<[[HopperKernel; 2]; 2]>,
     /// Whether forwards use it ([`Device::use_hopper_forward`]).
     hopper_on: bool,
-    /// `[dtype][head dim 64, 128]`: the Hopper dK/dV kernel, `None` off the Hopper path.
+    /// `[dtype][head dim 64, 128]`: the Hopper dQ and dK/dV kernels, `None` off the Hopper path.
+    hopper_dq: Option<[[HopperKernel; 2]; 2]>,
     hopper_dkdv: Option<[[HopperKernel; 2]; 2]>,
     /// Whether backwards use it ([`Device::use_hopper_backward`]).
     hopper_bwd_on: bool,
@@ -154,12 +155,13 @@ impl Device {
             bwd.push(<[BwdKernels; 3]>::try_from(row).unwrap());
         }
         let compact = module.load_function("compact_block_mask")?;
-        let (hopper_fwd, hopper_dkdv) = match path {
+        let (hopper_fwd, hopper_dq, hopper_dkdv) = match path {
             KernelPath::Hopper => (
                 Some(load_hopper(&module, max_smem, "attn_fwd_hopper", attn_common::hopper_fwd_smem_bytes)?),
+                Some(load_hopper(&module, max_smem, "attn_bwd_dq_hopper", attn_common::hopper_dq_smem_bytes)?),
                 Some(load_hopper(&module, max_smem, "attn_bwd_dkdv_hopper", attn_common::hopper_dkdv_smem_bytes)?),
             ),
-            KernelPath::Portable => (None, None),
+            KernelPath::Portable => (None, None, None),
         };
         let sm_count = ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)? as u32;
         Ok(Device {
@@ -175,6 +177,7 @@ impl Device {
             hopper_on: hopper_fwd.is_some(),
             hopper_fwd,
             hopper_bwd_on: hopper_dkdv.is_some(),
+            hopper_dq,
             hopper_dkdv,
         })
     }
@@ -201,14 +204,20 @@ impl Device {
         hopper_entry(self.hopper_fwd.as_ref().filter(|_| self.hopper_on)?, dtype, head_dim)
     }
 
-    /// Switches the Hopper dK/dV kernel (TMA, wgmma) on or off: on by default on the Hopper
-    /// path for head dims from 33 to 128; off, the backward runs the portable kernels.
+    /// Switches the Hopper backward kernels (dQ and dK/dV: TMA, wgmma) on or off: on by default
+    /// on the Hopper path for head dims from 33 to 128; off, the backward runs the portable
+    /// kernels.
     pub fn use_hopper_backward(&mut self, on: bool) -> Result<()> {
         if on && self.hopper_dkdv.is_none() {
             return Err(Error::UnsupportedArch { major: self.capability.0, minor: self.capability.1 });
         }
         self.hopper_bwd_on = on;
         Ok(())
+    }
+
+    /// The Hopper dQ entry for a dtype and head dim, when it is on and serves that head dim.
+    pub(crate) fn hopper_dq_kernel(&self, dtype: usize, head_dim: usize) -> Option<&HopperKernel> {
+        hopper_entry(self.hopper_dq.as_ref().filter(|_| self.hopper_bwd_on)?, dtype, head_dim)
     }
 
     /// The Hopper dK/dV entry for a dtype and head dim, when it is on and serves that head dim.
@@ -357,6 +366,7 @@ mod tests {
                     for d in HOPPER_HEAD_DIMS {
                         names.push(format!("attn_fwd_hopper_{dtype}_d{d}"));
                         names.push(format!("attn_bwd_dkdv_hopper_{dtype}_d{d}"));
+                        names.push(format!("attn_bwd_dq_hopper_{dtype}_d{d}"));
                     }
                 }
             }

@@ -34,15 +34,15 @@ const LN2: f32 = core::f32::consts::LN_2;
 /// (log2 units) past the max they are kept against.
 const RESCALE_SLACK: f32 = 8.0;
 const NS: u32 = HOPPER_STAGES as u32;
-const NQ: u32 = HOPPER_Q_TILES as u32;
-const BK: i32 = HOPPER_KEYS as i32;
+pub(crate) const NQ: u32 = HOPPER_Q_TILES as u32;
+pub(crate) const BK: i32 = HOPPER_KEYS as i32;
 /// Bytes of one 64-column block of a 128-row tile (rows of 128 bytes).
-const HALF: u32 = (HOPPER_ROWS * 128) as u32;
+pub(crate) const HALF: u32 = (HOPPER_ROWS * 128) as u32;
 /// Tile ring entries: the tile's first key, with `LAST` set on the item's last tile.
-const LAST: i32 = 1 << 30;
-const EMPTY: i32 = -1;
+pub(crate) const LAST: i32 = 1 << 30;
+pub(crate) const EMPTY: i32 = -1;
 /// The item slot's value once every item has been taken.
-const NO_ITEM: u32 = u32::MAX;
+pub(crate) const NO_ITEM: u32 = u32::MAX;
 /// Arrivals that free a stage or the Q tile: lane 0 of each of the 8 consumer warps.
 const CONSUMER_WARPS: u32 = 8;
 
@@ -75,57 +75,75 @@ macro_rules! o_acc {
 o_acc!(32, 64, mma_rs_n64);
 o_acc!(64, 128, mma_rs_n128);
 
-/// Shared-memory layout (32-bit `.shared` addresses): the Q tiles, K stages, V stages, then the
-/// barriers, the tile ring and the item slots.
+/// Shared-memory layout (32-bit `.shared` addresses): the query-side tiles (`QT` per item: Q, or
+/// Q and dO for the backward's dQ kernel), `NS` K stages, `NS` V stages, then the barriers, the
+/// tile ring and the item slots.
 #[derive(Clone, Copy)]
-struct Smem {
+pub(crate) struct Smem<const NS: u32, const QT: u32> {
     q: u32,
-    k: u32,
-    v: u32,
-    tile_bytes: u32,
+    pub(crate) k: u32,
+    pub(crate) v: u32,
+    pub(crate) tile_bytes: u32,
     bars: u32,
 }
 
-impl Smem {
+impl<const NS: u32, const QT: u32> Smem<NS, QT> {
     #[inline(always)]
-    fn new(base: u32, d: usize) -> Self {
+    pub(crate) fn new(base: u32, d: usize) -> Self {
         // Q tiles and K/V tiles share one size and one column-block stride (`HALF`).
         const { assert!(HOPPER_ROWS == HOPPER_KEYS) };
         let tile_bytes = (HOPPER_KEYS * d * 2) as u32;
         let q = base;
-        let k = q + NQ * (HOPPER_ROWS * d * 2) as u32;
+        let k = q + NQ * QT * tile_bytes;
         let v = k + NS * tile_bytes;
         Smem { q, k, v, tile_bytes, bars: v + NS * tile_bytes }
     }
-    /// Q tile `b`.
-    fn q(&self, b: u32) -> u32 {
-        self.q + b * self.tile_bytes
+    /// Query-side tile `t` (0: Q, 1: dO) of slot `b`.
+    pub(crate) fn q(&self, b: u32, t: u32) -> u32 {
+        self.q + (b * QT + t) * self.tile_bytes
     }
-    fn q_full(&self, b: u32) -> u32 {
+    pub(crate) fn q_full(&self, b: u32) -> u32 {
         self.bars + 8 * b
     }
-    fn q_empty(&self, b: u32) -> u32 {
+    pub(crate) fn q_empty(&self, b: u32) -> u32 {
         self.bars + 8 * (NQ + b)
     }
-    fn k_full(&self, s: u32) -> u32 {
+    pub(crate) fn k_full(&self, s: u32) -> u32 {
         self.bars + 16 * NQ + 8 * s
     }
-    fn v_full(&self, s: u32) -> u32 {
+    pub(crate) fn v_full(&self, s: u32) -> u32 {
         self.bars + 16 * NQ + 8 * (NS + s)
     }
-    fn k_empty(&self, s: u32) -> u32 {
+    pub(crate) fn k_empty(&self, s: u32) -> u32 {
         self.bars + 16 * NQ + 8 * (2 * NS + s)
     }
-    fn v_empty(&self, s: u32) -> u32 {
+    pub(crate) fn v_empty(&self, s: u32) -> u32 {
         self.bars + 16 * NQ + 8 * (3 * NS + s)
     }
-    fn ring(&self, s: u32) -> u32 {
+    pub(crate) fn ring(&self, s: u32) -> u32 {
         self.bars + 16 * NQ + 32 * NS + 4 * s
     }
     /// The item Q tile `b` belongs to: its index (`NO_ITEM` at the end), then its `WorkItem`,
     /// `SeqInfo` and `HeadRule` (13 words).
-    fn item(&self, b: u32) -> u32 {
+    pub(crate) fn item(&self, b: u32) -> u32 {
         self.bars + 16 * NQ + 36 * NS + 64 * b
+    }
+    /// Initialises the barriers (one thread, before the CTA barrier that publishes them).
+    #[inline(always)]
+    pub(crate) unsafe fn init_barriers(&self) {
+        unsafe {
+            for b in 0..NQ {
+                mbar_init(self.q_full(b), 1);
+                mbar_init(self.q_empty(b), CONSUMER_WARPS);
+            }
+            for s in 0..NS {
+                mbar_init(self.k_full(s), 1);
+                mbar_init(self.v_full(s), 1);
+                mbar_init(self.k_empty(s), CONSUMER_WARPS);
+                mbar_init(self.v_empty(s), CONSUMER_WARPS);
+            }
+            fence_mbar_init();
+        }
     }
 }
 
@@ -133,14 +151,14 @@ impl Smem {
 /// otherwise start every item with three dependent global loads.
 #[repr(C)]
 #[derive(Clone, Copy)]
-struct ItemInfo {
-    idx: u32,
-    item: WorkItem,
-    seq: SeqInfo,
-    rule: HeadRule,
+pub(crate) struct ItemInfo {
+    pub idx: u32,
+    pub item: WorkItem,
+    pub seq: SeqInfo,
+    pub rule: HeadRule,
 }
 
-const INFO_WORDS: usize = size_of::<ItemInfo>() / 4;
+pub(crate) const INFO_WORDS: usize = size_of::<ItemInfo>() / 4;
 
 /// Item `idx` of the work list with its sequence and head rule (`idx < n_items`).
 #[inline(always)]
@@ -152,27 +170,15 @@ fn item_at(p: &HopperFwdParams, idx: u32) -> (WorkItem, SeqInfo, HeadRule) {
 #[inline(always)]
 pub unsafe fn attn_fwd_hopper<E: Element + WgElement, O: OAcc>(p: &HopperFwdParams) {
     let tid = thread_idx();
-    let sm = Smem::new(smem_u32(dynamic_smem()), O::D);
+    let sm = Smem::<NS, 1>::new(smem_u32(dynamic_smem()), O::D);
     if tid == 0 {
-        unsafe {
-            for b in 0..NQ {
-                mbar_init(sm.q_full(b), 1);
-                mbar_init(sm.q_empty(b), CONSUMER_WARPS);
-            }
-            for s in 0..NS {
-                mbar_init(sm.k_full(s), 1);
-                mbar_init(sm.v_full(s), 1);
-                mbar_init(sm.k_empty(s), CONSUMER_WARPS);
-                mbar_init(sm.v_empty(s), CONSUMER_WARPS);
-            }
-            fence_mbar_init();
-        }
+        unsafe { sm.init_barriers() };
     }
     bar_sync();
     if tid < 128 {
         unsafe { setmaxnreg_dec::<40>() };
         if tid == 0 {
-            unsafe { producer::<O>(p, sm) };
+            unsafe { producer::<O, NS, 1>(p, sm) };
         }
     } else {
         unsafe { setmaxnreg_inc::<232>() };
@@ -180,9 +186,10 @@ pub unsafe fn attn_fwd_hopper<E: Element + WgElement, O: OAcc>(p: &HopperFwdPara
     }
 }
 
-/// One thread: for each item, Q then every key tile of its walk, through the ring.
+/// One thread: for each item, Q (and dO, `QT` = 2: tensor map 3) then every key tile of its
+/// walk, through the ring.
 #[inline(always)]
-unsafe fn producer<O: OAcc>(p: &HopperFwdParams, sm: Smem) {
+pub(crate) unsafe fn producer<O: OAcc, const NS: u32, const QT: u32>(p: &HopperFwdParams, sm: Smem<NS, QT>) {
     let maps = p.tensor_maps;
     let (map_q, map_k, map_v) = (maps, maps + TENSOR_MAP_BYTES as u64, maps + 2 * TENSOR_MAP_BYTES as u64);
     unsafe {
@@ -218,9 +225,12 @@ unsafe fn producer<O: OAcc>(p: &HopperFwdParams, sm: Smem) {
             let b = n_item % NQ;
             mbar_wait(sm.q_empty(b), ((n_item / NQ) & 1) ^ 1);
             *(shared_ptr(sm.item(b)) as *mut ItemInfo) = ItemInfo { idx, item, seq, rule };
-            mbar_arrive_expect_tx(sm.q_full(b), (HOPPER_ROWS * O::D * 2) as u32);
-            for h in 0..halves {
-                tma_load_4d(sm.q(b) + h as u32 * HALF, map_q, sm.q_full(b), [h * 64, seq.q_start + i0, item.head as i32, batch]);
+            mbar_arrive_expect_tx(sm.q_full(b), QT * (HOPPER_ROWS * O::D * 2) as u32);
+            for t in 0..QT {
+                let map = if t == 0 { map_q } else { maps + 3 * TENSOR_MAP_BYTES as u64 };
+                for h in 0..halves {
+                    tma_load_4d(sm.q(b, t) + h as u32 * HALF, map, sm.q_full(b), [h * 64, seq.q_start + i0, item.head as i32, batch]);
+                }
             }
         }
         let mut j0 = unsafe { walk.next() };
@@ -285,7 +295,7 @@ pub(crate) fn shared_ptr(addr: u32) -> *mut u32 {
 /// one that later arrives to free the word, so its release orders the read before the producer's
 /// next write (a read by every lane would not be ordered by lane 0's arrival).
 #[inline(always)]
-unsafe fn lane0_read(addr: u32, lane: u32) -> u32 {
+pub(crate) unsafe fn lane0_read(addr: u32, lane: u32) -> u32 {
     let v = if lane == 0 { unsafe { ld_shared_u32(addr) } } else { 0 };
     shfl_idx(v, 0)
 }
@@ -307,7 +317,7 @@ struct Rows {
 
 /// Issues S = Q Kᵀ for the K tile of stage `s` (one commit group; not waited for).
 #[inline(always)]
-unsafe fn issue_s<E: WgElement, O: OAcc>(sc: &mut [f32; 64], dq: u64, dk: u64) {
+pub(crate) unsafe fn issue_s<E: WgElement, O: OAcc>(sc: &mut [f32; 64], dq: u64, dk: u64) {
     let k_step = |kk: usize| ((kk / 4) as u32 * HALF + (kk % 4) as u32 * 32) as u64 >> 4;
     unsafe {
         keep(sc);
@@ -321,7 +331,7 @@ unsafe fn issue_s<E: WgElement, O: OAcc>(sc: &mut [f32; 64], dq: u64, dk: u64) {
 
 /// Issues O += P V for the V tile at descriptor `dv` (one commit group; not waited for).
 #[inline(always)]
-unsafe fn issue_pv<E: WgElement, O: OAcc>(o: &mut O, pf: &mut [u32; 32], dv: u64) {
+pub(crate) unsafe fn issue_pv<E: WgElement, O: OAcc>(o: &mut O, pf: &mut [u32; 32], dv: u64) {
     unsafe {
         keep(o);
         keep(pf);
@@ -345,14 +355,13 @@ fn mask_row(sc: &mut [f32; 64], h: usize, sees: impl Fn(i32) -> bool) {
     }
 }
 
-/// Masks the scores of the tile at `j0` (rows that see all of it are left alone), updates the
-/// running max and sum, and turns the scores into probabilities in place. Returns the factors
-/// that O must be scaled by when the max moved (lazily: only by more than `RESCALE_SLACK`).
+/// Sets to -inf the scores of the tile at `j0` that the thread's two rows (windows `win`) do not
+/// see; rows that see all of it are left alone.
 #[inline(always)]
-fn softmax(sc: &mut [f32; 64], r: &mut Rows, j0: i32, lane: u32, scale: f32) -> Option<[f32; 2]> {
+pub(crate) fn mask_tile(sc: &mut [f32; 64], win: &[RowWindow; 2], j0: i32, lane: u32) {
     let base = j0 + (lane % 4) as i32 * 2;
     for h in 0..2 {
-        let w = &r.win[h];
+        let w = &win[h];
         if !sees_all(w, j0) {
             // Bounds relative to the thread's first column: each test is against an immediate.
             // Most partial tiles are cut by one bound only (the causal diagonal or a window's
@@ -368,6 +377,14 @@ fn softmax(sc: &mut [f32; 64], r: &mut Rows, j0: i32, lane: u32, scale: f32) -> 
             }
         }
     }
+}
+
+/// Masks the scores of the tile at `j0` (rows that see all of it are left alone), updates the
+/// running max and sum, and turns the scores into probabilities in place. Returns the factors
+/// that O must be scaled by when the max moved (lazily: only by more than `RESCALE_SLACK`).
+#[inline(always)]
+fn softmax(sc: &mut [f32; 64], r: &mut Rows, j0: i32, lane: u32, scale: f32) -> Option<[f32; 2]> {
+    mask_tile(sc, &r.win, j0, lane);
     let mut rowmax = [f32::NEG_INFINITY; 2];
     let mut grow = false;
     for h in 0..2 {
@@ -424,7 +441,7 @@ fn rescale<O: OAcc>(o: &mut O, alpha: [f32; 2]) {
 /// The probabilities as A fragments of the P V product: the 16-key step `kk` takes `a0`/`a1`
 /// from 8-column block `2kk` (rows g, g + 8) and `a2`/`a3` from block `2kk + 1`.
 #[inline(always)]
-fn pack_p<E: Element>(sc: &[f32; 64]) -> [u32; 32] {
+pub(crate) fn pack_p<E: Element>(sc: &[f32; 64]) -> [u32; 32] {
     let mut pf = [0u32; 32];
     for n in 0..16 {
         for h in 0..2 {
@@ -445,12 +462,12 @@ fn pack_p<E: Element>(sc: &[f32; 64]) -> [u32; 32] {
 /// The two consumers are not made to take turns ("ping-pong" on named barriers, as in
 /// FlashAttention-3): measured on the H200 with split K/V rings it cost 5-20% (docs/perf-notes.md).
 #[inline(always)]
-unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperFwdParams, sm: Smem, c: u32, t: u32) {
+unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperFwdParams, sm: Smem<NS, 1>, c: u32, t: u32) {
     let (warp, lane) = (t / 32, t % 32);
     let row = (c * 64 + warp * 16 + lane / 4) as i32; // and row + 8
     let tile_bytes = sm.tile_bytes;
     // Descriptors of this warpgroup's Q rows, stage 0's K and V; stages add byte offsets / 16.
-    let dq = |b: u32| desc(sm.q(b) + c * (64 * 128), 16, 1024);
+    let dq = |b: u32| desc(sm.q(b, 0) + c * (64 * 128), 16, 1024);
     let dk = |s: u32| desc(sm.k, 16, 1024) + ((s * tile_bytes) as u64 >> 4);
     let dv = |s: u32| desc(sm.v, HALF, 1024) + ((s * tile_bytes) as u64 >> 4);
     let scale = p.f.scale_log2;

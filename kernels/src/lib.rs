@@ -13,13 +13,15 @@ pub mod gemm;
 pub mod hopper;
 #[cfg(target_feature = "sm_90a")]
 pub mod hopper_bwd;
+#[cfg(target_feature = "sm_90a")]
+pub mod hopper_dq;
 pub mod item;
 pub mod tiles;
 
 use arch::mma::{Bf16, F16};
 use attn_common::{BwdParams, CompactParams, FwdParams};
 #[cfg(target_feature = "sm_90a")]
-use attn_common::{HopperBwdParams, HopperFwdParams};
+use attn_common::{HopperBwdParams, HopperDqParams, HopperFwdParams};
 use core::arch::global_asm;
 
 /// Launch bounds that Rust cannot express: a marker that `tools/ptx-post` turns into directives.
@@ -74,24 +76,30 @@ hopper_entries!(
     attn_fwd_hopper_f16_d128 = (F16, d 128),
 );
 
-/// Hopper dK/dV entries (sm_90a module only): 384 threads, one CTA per SM.
+/// Hopper backward entries (sm_90a module only): `attn_bwd_dq_hopper_*` and
+/// `attn_bwd_dkdv_hopper_*`, 384 threads, one CTA per SM.
 #[cfg(target_feature = "sm_90a")]
 macro_rules! hopper_bwd_entries {
-    ($($name:ident = ($elem:ty, d $d:literal)),* $(,)?) => {$(
+    ($($dq:ident, $dkdv:ident = ($elem:ty, d $d:literal)),* $(,)?) => {$(
         #[unsafe(no_mangle)]
-        pub unsafe extern "gpu-kernel" fn $name(p: HopperBwdParams) {
+        pub unsafe extern "gpu-kernel" fn $dq(p: HopperDqParams) {
+            unsafe { hopper_dq::bwd_dq_hopper::<$elem, [f32; $d / 2]>(&p) }
+        }
+        ptx_attrs!($dq: ".maxntid 384, 1, 1", ".minnctapersm 1");
+        #[unsafe(no_mangle)]
+        pub unsafe extern "gpu-kernel" fn $dkdv(p: HopperBwdParams) {
             unsafe { hopper_bwd::bwd_dkdv_hopper::<$elem, [f32; $d / 2]>(&p) }
         }
-        ptx_attrs!($name: ".maxntid 384, 1, 1", ".minnctapersm 1");
+        ptx_attrs!($dkdv: ".maxntid 384, 1, 1", ".minnctapersm 1");
     )*};
 }
 
 #[cfg(target_feature = "sm_90a")]
 hopper_bwd_entries!(
-    attn_bwd_dkdv_hopper_bf16_d64 = (Bf16, d 64),
-    attn_bwd_dkdv_hopper_bf16_d128 = (Bf16, d 128),
-    attn_bwd_dkdv_hopper_f16_d64 = (F16, d 64),
-    attn_bwd_dkdv_hopper_f16_d128 = (F16, d 128),
+    attn_bwd_dq_hopper_bf16_d64, attn_bwd_dkdv_hopper_bf16_d64 = (Bf16, d 64),
+    attn_bwd_dq_hopper_bf16_d128, attn_bwd_dkdv_hopper_bf16_d128 = (Bf16, d 128),
+    attn_bwd_dq_hopper_f16_d64, attn_bwd_dkdv_hopper_f16_d64 = (F16, d 64),
+    attn_bwd_dq_hopper_f16_d128, attn_bwd_dkdv_hopper_f16_d128 = (F16, d 128),
 );
 
 /// Backward entries per (dtype, head dim): `bwd_dsum_*` (128 threads), `bwd_dq_*` (256),

@@ -1,0 +1,175 @@
+//! The Hopper dQ kernel (sm_90a): the forward's producer and persistent grid, with dO beside Q.
+//!
+//! The producer warpgroup is the forward's ([`producer`]): per work item (128 query rows of one
+//! head) it brings Q and dO, then every key tile the forward visits, K and V in rings of
+//! `HOPPER_DQ_STAGES`. Each consumer warpgroup (64 rows) computes per key tile:
+//! - S = Q Kᵀ and dP = dO Vᵀ by wgmma from shared memory (V read K-major);
+//! - P = exp2(S·scale − lse) (token mask first on partial tiles), dS = P ∘ (dP − D);
+//! - dQ += dS K with dS from registers and K read MN-major.
+//! No atomics: each item owns its rows of dQ.
+use attn_common::{BLK, HOPPER_DQ_STAGES, HopperDqParams, row_window};
+
+use crate::arch::math::{exp2, fma};
+use crate::arch::mma::Element;
+use crate::arch::smem::{dynamic_smem, smem_u32};
+use crate::arch::sync::{bar_sync, opaque, thread_idx};
+use crate::arch::tma::{mbar_arrive, mbar_wait, setmaxnreg_dec, setmaxnreg_inc};
+use crate::arch::wgmma::{self, WgElement, desc, keep};
+use crate::bwd::lse2;
+use crate::hopper::{EMPTY, HALF, INFO_WORDS, ItemInfo, LAST, NO_ITEM, NQ, OAcc, Smem, issue_pv, issue_s, lane0_read, mask_tile, pack_p, producer};
+use crate::item::elem_offset;
+
+const NS: u32 = HOPPER_DQ_STAGES as u32;
+
+#[inline(always)]
+pub unsafe fn bwd_dq_hopper<E: Element + WgElement, O: OAcc>(p: &HopperDqParams) {
+    let tid = thread_idx();
+    let sm = Smem::<NS, 2>::new(smem_u32(dynamic_smem()), O::D);
+    if tid == 0 {
+        unsafe { sm.init_barriers() };
+    }
+    bar_sync();
+    if tid < 128 {
+        unsafe { setmaxnreg_dec::<40>() };
+        if tid == 0 {
+            unsafe { producer::<O, NS, 2>(&p.h, sm) };
+        }
+    } else {
+        unsafe { setmaxnreg_inc::<232>() };
+        unsafe { consumer::<E, O>(p, sm, tid / 128 - 1, tid % 128) };
+    }
+}
+
+/// One consumer warpgroup (`c` = 0 or 1: query rows 64c..64c + 64 of each item).
+#[inline(always)]
+unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperDqParams, sm: Smem<NS, 2>, c: u32, t: u32) {
+    let (warp, lane) = (t / 32, t % 32);
+    let row = (c * 64 + warp * 16 + lane / 4) as i32; // and row + 8
+    let f = &p.h.f;
+    let tile_bytes = sm.tile_bytes;
+    // K and V read K-major (as B of S and dP) and K read MN-major (as B of dQ), per stage.
+    let dk = |s: u32| desc(sm.k, 16, 1024) + ((s * tile_bytes) as u64 >> 4);
+    let dv = |s: u32| desc(sm.v, 16, 1024) + ((s * tile_bytes) as u64 >> 4);
+    let dk_mn = |s: u32| desc(sm.k, HALF, 1024) + ((s * tile_bytes) as u64 >> 4);
+    let scale = f.scale_log2;
+    let causal = f.causal != 0;
+    let mut tile = 0u32;
+    let mut n_item = 0u32;
+    loop {
+        let qb = n_item % NQ;
+        unsafe { mbar_wait(sm.q_full(qb), (n_item / NQ) & 1) };
+        let mut words = [0u32; INFO_WORDS];
+        for (i, w) in words.iter_mut().enumerate() {
+            *w = unsafe { lane0_read(sm.item(qb) + 4 * i as u32, lane) };
+        }
+        // SAFETY: ItemInfo is INFO_WORDS plain 32-bit words.
+        let ItemInfo { idx, item, seq, rule } = unsafe { core::mem::transmute::<[u32; INFO_WORDS], ItemInfo>(words) };
+        if idx == NO_ITEM {
+            break;
+        }
+        let i0 = item.q_block as i32 * BLK;
+        let win = [row_window(rule, causal, seq.q_len, seq.k_len, i0 + row), row_window(rule, causal, seq.q_len, seq.k_len, i0 + row + 8)];
+        // The two rows' lse (exp2 domain; +inf past the sequence, so P = 0) and D.
+        let mut lse = [f32::INFINITY; 2];
+        let mut dsum = [0.0f32; 2];
+        for h in 0..2 {
+            let i = i0 + row + 8 * h as i32;
+            if i < seq.q_len {
+                let at = item.batch as i64 * f.lse_batch + item.head as i64 * f.lse_head + (seq.q_start + i) as i64;
+                unsafe {
+                    lse[h] = lse2(*(f.lse as *const f32).add(at as usize));
+                    dsum[h] = *(p.dsum as *const f32).add(at as usize);
+                }
+            }
+        }
+        let mut dq = O::zero();
+        loop {
+            let (s, ph) = (tile % NS, (tile / NS) & 1);
+            unsafe { mbar_wait(sm.k_full(s), ph) };
+            let e = unsafe { lane0_read(sm.ring(s), lane) } as i32;
+            tile += 1;
+            if e == EMPTY {
+                // No key tile: the rows' dQ stays 0.
+                if lane == 0 {
+                    unsafe {
+                        mbar_arrive(sm.k_empty(s));
+                        mbar_arrive(sm.v_empty(s));
+                        mbar_arrive(sm.q_empty(qb));
+                    }
+                }
+                break;
+            }
+            // Built per tile from an opaque value: hoisted out of the loop, the descriptors of
+            // every step would be held (and spilled) across it.
+            let c_off = opaque(c) * (64 * 128);
+            let (da_q, da_do) = (desc(sm.q(qb, 0) + c_off, 16, 1024), desc(sm.q(qb, 1) + c_off, 16, 1024));
+            let mut sc = [0.0f32; 64];
+            let mut dp = [0.0f32; 64];
+            unsafe {
+                issue_s::<E, O>(&mut sc, da_q, dk(s));
+                mbar_wait(sm.v_full(s), ph);
+                issue_s::<E, O>(&mut dp, da_do, dv(s));
+                wgmma::wait::<1>(); // S is done
+                keep(&mut sc);
+            }
+            mask_tile(&mut sc, &win, e & !LAST, lane);
+            for n in 0..16 {
+                for h in 0..2 {
+                    for x in 0..2 {
+                        let v = &mut sc[4 * n + 2 * h + x];
+                        *v = exp2(fma(*v, scale, -lse[h]));
+                    }
+                }
+            }
+            unsafe {
+                wgmma::wait::<0>(); // dP is done
+                keep(&mut dp);
+            }
+            if lane == 0 {
+                unsafe { mbar_arrive(sm.v_empty(s)) };
+            }
+            for n in 0..16 {
+                for h in 0..2 {
+                    for x in 0..2 {
+                        let i = 4 * n + 2 * h + x;
+                        dp[i] = sc[i] * (dp[i] - dsum[h]);
+                    }
+                }
+            }
+            let mut ds = pack_p::<E>(&dp);
+            unsafe {
+                issue_pv::<E, O>(&mut dq, &mut ds, dk_mn(s));
+                wgmma::wait::<0>();
+                keep(&mut dq);
+                keep(&mut ds);
+            }
+            if lane == 0 {
+                unsafe { mbar_arrive(sm.k_empty(s)) };
+                if e & LAST != 0 {
+                    unsafe { mbar_arrive(sm.q_empty(qb)) };
+                }
+            }
+            if e & LAST != 0 {
+                break;
+            }
+        }
+
+        // Every row of the item is written (rows that see no key get dQ = 0).
+        let valid_chunks = f.head_dim / 8;
+        let dqv = dq.v();
+        for h in 0..2 {
+            let i = i0 + row + 8 * h as i32;
+            if i >= seq.q_len {
+                continue;
+            }
+            let dq_row = p.dq + 2 * elem_offset(&p.dq_strides, item.batch, seq.q_start + i, item.head) as u64;
+            for n in 0..O::D / 8 {
+                if (n as u32) < valid_chunks {
+                    let v = E::pack2(dqv[4 * n + 2 * h] * p.scale, dqv[4 * n + 2 * h + 1] * p.scale);
+                    unsafe { *((dq_row + 2 * (n as u64 * 8 + (lane % 4) as u64 * 2)) as *mut u32) = v };
+                }
+            }
+        }
+        n_item += 1;
+    }
+}
