@@ -1,7 +1,7 @@
 //! The GPU forward pass: a reusable plan per call shape, then launches on the caller's stream.
 use std::sync::Arc;
 
-use attn_common::{BwdParams, CompactParams, FwdParams, HOPPER_KEYS, HOPPER_THREADS, HopperBwdParams, HopperDqParams, HopperFwdParams, Strides, TENSOR_MAP_BYTES};
+use attn_common::{BwdParams, CompactParams, FwdParams, HOPPER_BWD_KEYS, HOPPER_BWD_QUERIES, HOPPER_KEYS, HOPPER_THREADS, HopperBwdParams, HopperDqParams, HopperFwdParams, Strides, TENSOR_MAP_BYTES};
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg, SyncOnDrop, ValidAsZeroBits};
 
 use crate::device::{Device, FWD_HEAD_DIMS, HopperKernel};
@@ -9,6 +9,12 @@ use crate::error::{Error, Result};
 use crate::plan::{check_mask_len, work_items};
 use crate::spec::AttentionSpec;
 use crate::tensor_map::{self, MapShape, TensorMapBytes};
+
+/// Rows per TMA box: the Hopper forward's and dQ kernel's tiles (query rows and keys), the
+/// dK/dV kernel's query and key tiles.
+const BK: usize = HOPPER_KEYS;
+const BQ: usize = HOPPER_BWD_QUERIES;
+const _: () = assert!(HOPPER_BWD_KEYS == HOPPER_KEYS);
 
 /// The 16-bit input types.
 pub trait Element: DeviceRepr + ValidAsZeroBits + Copy + Default + Send + Sync + 'static {
@@ -225,7 +231,7 @@ impl Attention {
         let tables = self.tables(stream);
         let io = [(qp, q.strides), (kp, k.strides), (vp, v.strides), (op, o.strides)];
         let params = self.fwd_params(&tables.ptrs(), io, lsep, (lp, cp));
-        if let Some((kernel, maps)) = self.hopper_maps::<T>(device.hopper_kernel(T::KERNEL, spec.head_dim), &io, None) {
+        if let Some((kernel, maps)) = self.hopper_maps::<T>(device.hopper_kernel(T::KERNEL, spec.head_dim), &[(io[0], true, BK), (io[1], false, BK), (io[2], false, BK)]) {
             // One upload per call: the three maps, then the (zeroed) work counter.
             let mut bytes = maps.concat();
             bytes.resize(bytes.len() + 16, 0);
@@ -269,46 +275,24 @@ impl Attention {
         Tables { seqs: self.seqs.device_ptr(stream), heads: self.heads.device_ptr(stream), items: self.items.device_ptr(stream) }
     }
 
-    /// `kernel` (a Hopper forward or dQ entry) with this call's Q, K, V (and `d_o`) tensor maps,
-    /// or `None` when it does not run this call (another path, head dim, or a tensor that TMA
-    /// cannot describe). `io`: q, k, v, o.
-    fn hopper_maps<'d, T: Element>(
-        &self,
-        kernel: Option<&'d HopperKernel>,
-        io: &[(u64, Strides); 4],
-        d_o: Option<(u64, Strides)>,
-    ) -> Option<(&'d HopperKernel, Vec<TensorMapBytes>)> {
+    /// `kernel` with the tensor maps of `tensors` (pointer and strides, whether it is a
+    /// query-side tensor, rows per box), or `None` when it does not run this call (another path,
+    /// head dim, or a tensor that TMA cannot describe).
+    fn hopper_maps<'d, T: Element>(&self, kernel: Option<&'d HopperKernel>, tensors: &[((u64, Strides), bool, usize)]) -> Option<(&'d HopperKernel, Vec<TensorMapBytes>)> {
         let spec = &self.spec;
         let kernel = kernel?;
         let (batch, tq, tk) = if spec.is_varlen() { (1, spec.total_q(), spec.total_k()) } else { (spec.batch(), spec.max_seqlen_q(), spec.max_seqlen_k()) };
-        let map = |(ptr, strides): (u64, Strides), tokens: usize, heads: usize| {
-            tensor_map::encode(&MapShape { ptr, f16: T::KERNEL == 1, head_dim: spec.head_dim, tokens, heads, batch, strides, box_rows: HOPPER_KEYS as u32 })
-        };
-        let mut maps = vec![map(io[0], tq, spec.heads_q)?, map(io[1], tk, spec.heads_kv)?, map(io[2], tk, spec.heads_kv)?];
-        if let Some(d_o) = d_o {
-            maps.push(map(d_o, tq, spec.heads_q)?);
-        }
-        Some((kernel, maps))
+        let maps = tensors.iter().map(|&((ptr, strides), query, box_rows)| {
+            let (tokens, heads) = if query { (tq, spec.heads_q) } else { (tk, spec.heads_kv) };
+            tensor_map::encode(&MapShape { ptr, f16: T::KERNEL == 1, head_dim: spec.head_dim, tokens, heads, batch, strides, box_rows: box_rows as u32 })
+        });
+        Some((kernel, maps.collect::<Option<Vec<_>>>()?))
     }
 
     /// The persistent Hopper kernels' parameters: `maps` is the upload of `n_maps` tensor maps
     /// followed by the zeroed work counter.
     fn hopper_params(&self, f: FwdParams, maps: u64, n_maps: u64) -> HopperFwdParams {
         HopperFwdParams { f, tensor_maps: maps, counter: maps + n_maps * TENSOR_MAP_BYTES as u64, n_items: self.n_items, packed: self.spec.is_varlen() as u32 }
-    }
-
-    /// The Hopper dK/dV entry for this call and its Q, dO (64-row boxes), K and V (128-row
-    /// boxes) tensor maps, or `None` when it does not run this call. `io`: q, d_o, k, v.
-    fn hopper_bwd_maps<'d, T: Element>(&self, device: &'d Device, io: &[(u64, Strides); 4]) -> Option<(&'d HopperKernel, [TensorMapBytes; 4])> {
-        let spec = &self.spec;
-        let kernel = device.hopper_dkdv_kernel(T::KERNEL, spec.head_dim)?;
-        let (batch, tq, tk) = if spec.is_varlen() { (1, spec.total_q(), spec.total_k()) } else { (spec.batch(), spec.max_seqlen_q(), spec.max_seqlen_k()) };
-        let map = |i: usize, tokens: usize, heads: usize, box_rows: usize| {
-            let shape = MapShape { ptr: io[i].0, f16: T::KERNEL == 1, head_dim: spec.head_dim, tokens, heads, batch, strides: io[i].1, box_rows: box_rows as u32 };
-            tensor_map::encode(&shape)
-        };
-        let (bq, bk) = (attn_common::HOPPER_BWD_QUERIES, attn_common::HOPPER_BWD_KEYS);
-        Some((kernel, [map(0, tq, spec.heads_q, bq)?, map(1, tq, spec.heads_q, bq)?, map(2, tk, spec.heads_kv, bk)?, map(3, tk, spec.heads_kv, bk)?]))
     }
 
     /// The forward kernels' parameters: `io` are q, k, v, o (pointer, strides); `lists` the
@@ -419,7 +403,7 @@ impl Attention {
             let cfg = LaunchConfig { grid_dim: (self.n_items, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
             let arg = ByValue(bp);
             unsafe { stream.launch_builder(&kernels.dsum).arg(&arg).launch(cfg)? };
-            if let Some((kernel, maps)) = self.hopper_maps::<T>(device.hopper_dq_kernel(T::KERNEL, spec.head_dim), &io, Some((dop, qs))) {
+            if let Some((kernel, maps)) = self.hopper_maps::<T>(device.hopper_dq_kernel(T::KERNEL, spec.head_dim), &[(io[0], true, BK), (io[1], false, BK), (io[2], false, BK), ((dop, qs), true, BK)]) {
                 // As the Hopper forward: the maps (Q, K, V, dO), then the zeroed work counter.
                 let mut bytes = maps.concat();
                 bytes.resize(bytes.len() + 16, 0);
@@ -445,7 +429,7 @@ impl Attention {
             // The key-side walk reads the mask's columns.
             bp.f.block_lists = ltp;
             bp.f.block_counts = ctp;
-            if let Some((kernel, maps)) = self.hopper_bwd_maps::<T>(device, &[(qp, qs), (dop, qs), (kp, ks), (vp, ks)]) {
+            if let Some((kernel, maps)) = self.hopper_maps::<T>(device.hopper_dkdv_kernel(T::KERNEL, spec.head_dim), &[((qp, qs), true, BQ), ((dop, qs), true, BQ), ((kp, ks), false, BK), ((vp, ks), false, BK)]) {
                 let (items, n) = self.kv_items_wide.as_ref().expect("the Hopper path plans 128-key tiles");
                 let (ip, _g16) = items.device_ptr(stream);
                 bp.kv_items = ip;

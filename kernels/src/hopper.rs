@@ -158,7 +158,7 @@ pub(crate) struct ItemInfo {
     pub rule: HeadRule,
 }
 
-pub(crate) const INFO_WORDS: usize = size_of::<ItemInfo>() / 4;
+const INFO_WORDS: usize = size_of::<ItemInfo>() / 4;
 
 /// Item `idx` of the work list with its sequence and head rule (`idx < n_items`).
 #[inline(always)]
@@ -298,6 +298,27 @@ pub(crate) fn shared_ptr(addr: u32) -> *mut u32 {
 pub(crate) unsafe fn lane0_read(addr: u32, lane: u32) -> u32 {
     let v = if lane == 0 { unsafe { ld_shared_u32(addr) } } else { 0 };
     shfl_idx(v, 0)
+}
+
+/// Waits for the query-side tiles of the consumers' `n_item`-th item and reads its description
+/// (published by the producer with them); `None` once the work is done.
+#[inline(always)]
+pub(crate) unsafe fn next_item<const NS: u32, const QT: u32>(sm: Smem<NS, QT>, n_item: u32, lane: u32) -> Option<ItemInfo> {
+    let qb = n_item % NQ;
+    unsafe { mbar_wait(sm.q_full(qb), (n_item / NQ) & 1) };
+    let mut words = [0u32; INFO_WORDS];
+    for (i, w) in words.iter_mut().enumerate() {
+        *w = unsafe { lane0_read(sm.item(qb) + 4 * i as u32, lane) };
+    }
+    // SAFETY: ItemInfo is INFO_WORDS plain 32-bit words.
+    let info = unsafe { core::mem::transmute::<[u32; INFO_WORDS], ItemInfo>(words) };
+    (info.idx != NO_ITEM).then_some(info)
+}
+
+/// The windows of a consumer thread's two rows, `i` and `i + 8`.
+#[inline(always)]
+pub(crate) fn row_windows(rule: HeadRule, causal: bool, seq: &SeqInfo, i: i32) -> [RowWindow; 2] {
+    [row_window(rule, causal, seq.q_len, seq.k_len, i), row_window(rule, causal, seq.q_len, seq.k_len, i + 8)]
 }
 
 /// Whether the row sees every key of the tile at `j0`.
@@ -476,19 +497,10 @@ unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperFwdParams, sm: Sme
     let mut n_item = 0u32;
     loop {
         let qb = n_item % NQ;
-        unsafe { mbar_wait(sm.q_full(qb), (n_item / NQ) & 1) };
-        let mut words = [0u32; INFO_WORDS];
-        for (i, w) in words.iter_mut().enumerate() {
-            *w = unsafe { lane0_read(sm.item(qb) + 4 * i as u32, lane) };
-        }
-        // SAFETY: ItemInfo is INFO_WORDS plain 32-bit words.
-        let ItemInfo { idx, item, seq, rule } = unsafe { core::mem::transmute::<[u32; INFO_WORDS], ItemInfo>(words) };
-        if idx == NO_ITEM {
-            break;
-        }
+        let Some(ItemInfo { item, seq, rule, .. }) = (unsafe { next_item(sm, n_item, lane) }) else { break };
         let i0 = item.q_block as i32 * BLK;
         let mut r = Rows {
-            win: [row_window(rule, causal, seq.q_len, seq.k_len, i0 + row), row_window(rule, causal, seq.q_len, seq.k_len, i0 + row + 8)],
+            win: row_windows(rule, causal, &seq, i0 + row),
             m: [f32::NEG_INFINITY; 2],
             l: [0.0; 2],
         };

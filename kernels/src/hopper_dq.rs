@@ -7,7 +7,7 @@
 //! - P = exp2(S·scale − lse) (token mask first on partial tiles), dS = P ∘ (dP − D);
 //! - dQ += dS K with dS from registers and K read MN-major.
 //! No atomics: each item owns its rows of dQ.
-use attn_common::{BLK, HOPPER_DQ_STAGES, HopperDqParams, row_window};
+use attn_common::{BLK, HOPPER_DQ_STAGES, HopperDqParams};
 
 use crate::arch::math::{exp2, fma};
 use crate::arch::mma::Element;
@@ -16,7 +16,7 @@ use crate::arch::sync::{bar_sync, opaque, thread_idx};
 use crate::arch::tma::{mbar_arrive, mbar_wait, setmaxnreg_dec, setmaxnreg_inc};
 use crate::arch::wgmma::{self, WgElement, desc, keep};
 use crate::bwd::lse2;
-use crate::hopper::{EMPTY, HALF, INFO_WORDS, ItemInfo, LAST, NO_ITEM, NQ, OAcc, Smem, issue_pv, issue_s, lane0_read, mask_tile, pack_p, producer};
+use crate::hopper::{EMPTY, HALF, ItemInfo, LAST, NQ, OAcc, Smem, issue_pv, issue_s, lane0_read, mask_tile, next_item, pack_p, producer, row_windows};
 use crate::item::elem_offset;
 
 const NS: u32 = HOPPER_DQ_STAGES as u32;
@@ -57,18 +57,9 @@ unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperDqParams, sm: Smem
     let mut n_item = 0u32;
     loop {
         let qb = n_item % NQ;
-        unsafe { mbar_wait(sm.q_full(qb), (n_item / NQ) & 1) };
-        let mut words = [0u32; INFO_WORDS];
-        for (i, w) in words.iter_mut().enumerate() {
-            *w = unsafe { lane0_read(sm.item(qb) + 4 * i as u32, lane) };
-        }
-        // SAFETY: ItemInfo is INFO_WORDS plain 32-bit words.
-        let ItemInfo { idx, item, seq, rule } = unsafe { core::mem::transmute::<[u32; INFO_WORDS], ItemInfo>(words) };
-        if idx == NO_ITEM {
-            break;
-        }
+        let Some(ItemInfo { item, seq, rule, .. }) = (unsafe { next_item(sm, n_item, lane) }) else { break };
         let i0 = item.q_block as i32 * BLK;
-        let win = [row_window(rule, causal, seq.q_len, seq.k_len, i0 + row), row_window(rule, causal, seq.q_len, seq.k_len, i0 + row + 8)];
+        let win = row_windows(rule, causal, &seq, i0 + row);
         // The two rows' lse (exp2 domain; +inf past the sequence, so P = 0) and D.
         let mut lse = [f32::INFINITY; 2];
         let mut dsum = [0.0f32; 2];
