@@ -230,15 +230,19 @@ pub struct HopperBwdParams {
     /// Global address of four `CUtensorMap`s as in [`HopperFwdParams::tensor_maps`]: Q and dO
     /// in boxes of `(64, HOPPER_BWD_QUERIES, 1, 1)`, K and V in boxes of `(64, HOPPER_BWD_KEYS, 1, 1)`.
     pub tensor_maps: u64,
+    /// `*mut u32`, zero at launch: key tiles `gridDim.x + counter++` are handed out in turn once
+    /// every CTA has taken tile `blockIdx.x` (persistent grid, as the forward's).
+    pub counter: u64,
+    /// Key tiles in `b.kv_items`.
+    pub n_items: u32,
     /// 1 when the tensors are packed (variable-length): the batch coordinate is always 0.
     pub packed: u32,
-    pub _pad: u32,
 }
 
 /// Dynamic shared memory of the Hopper `dK`/`dV` kernel at head dim `d`: K, V, the Q and dO
 /// stages, the stages' row data, then the barriers.
 pub const fn hopper_dkdv_smem_bytes(d: usize) -> usize {
-    (2 * HOPPER_BWD_KEYS + 2 * HOPPER_BWD_STAGES * HOPPER_BWD_QUERIES) * d * 2 + HOPPER_BWD_STAGES * HOPPER_BWD_SIDE_BYTES + 8 * (1 + 3 * HOPPER_BWD_STAGES)
+    (2 * HOPPER_BWD_KEYS + 2 * HOPPER_BWD_STAGES * HOPPER_BWD_QUERIES) * d * 2 + HOPPER_BWD_STAGES * HOPPER_BWD_SIDE_BYTES + 8 * (2 + 3 * HOPPER_BWD_STAGES)
 }
 
 /// K/V stages of the Hopper dQ kernel's ring (two: Q and dO take the room of the third).

@@ -433,10 +433,13 @@ impl Attention {
                 let (items, n) = self.kv_items_wide.as_ref().expect("the Hopper path plans 128-key tiles");
                 let (ip, _g16) = items.device_ptr(stream);
                 bp.kv_items = ip;
-                let bytes = stream.clone_htod(&maps.concat())?;
+                // The maps, then the zeroed work counter (persistent grid).
+                let mut bytes = maps.concat();
+                bytes.resize(bytes.len() + 16, 0);
+                let bytes = stream.clone_htod(&bytes)?;
                 let (mp, _g17) = bytes.device_ptr(stream);
-                let hp = HopperBwdParams { b: bp, tensor_maps: mp, packed: spec.is_varlen() as u32, _pad: 0 };
-                let cfg = LaunchConfig { grid_dim: (*n, 1, 1), block_dim: (HOPPER_THREADS, 1, 1), shared_mem_bytes: kernel.smem as u32 };
+                let hp = HopperBwdParams { b: bp, tensor_maps: mp, counter: mp + 4 * TENSOR_MAP_BYTES as u64, n_items: *n, packed: spec.is_varlen() as u32 };
+                let cfg = LaunchConfig { grid_dim: ((*n).min(device.sm_count()), 1, 1), block_dim: (HOPPER_THREADS, 1, 1), shared_mem_bytes: kernel.smem as u32 };
                 let arg = ByValue(hp);
                 unsafe { stream.launch_builder(&kernel.func).arg(&arg).launch(cfg)? };
                 return Ok(());

@@ -1,11 +1,14 @@
-//! The Hopper dK/dV kernel (sm_90a): TMA, mbarriers, wgmma, warp specialisation.
+//! The Hopper dK/dV kernel (sm_90a): TMA, mbarriers, wgmma, warp specialisation, persistent grid.
 //!
-//! One CTA per (batch, kv head, 128-key tile), 384 threads. Warp 0 is the producer: it loads K
-//! and V once, then walks, for every query head of the GQA group in order, the 64-row query
-//! tiles that see the key tile (the transposed plan, [`QueryTileWalk`]) and brings each tile's Q
-//! and dO in with TMA, with the tile's row data (lse, D) written beside them, into a
-//! ring of `HOPPER_BWD_STAGES` stages on mbarriers. Warpgroups 1 and 2 are the consumers, 64 keys
-//! each, with 232 registers; per query tile:
+//! A CTA of 384 threads loops over key tiles (batch, kv head, 128 keys): first `blockIdx.x`,
+//! then the next untaken one from a global counter (the list is heaviest first). Warp 0 lane 0
+//! is the walker: per key tile it loads K and V (once the consumers are done with the previous
+//! ones), then walks, for every query head of the GQA group in order, the 64-row query tiles
+//! that see the key tile (the transposed plan, [`QueryTileWalk`]) and brings each tile's Q and
+//! dO in with TMA into a ring of `HOPPER_BWD_STAGES` stages on mbarriers; warp 1 writes each
+//! tile's row data (lse, D, windows) beside them. So the next key tile's K/V copies and walk
+//! overlap the consumers' last products and their dK/dV stores. Warpgroups 1 and 2 are the
+//! consumers, 64 keys each, with 224 registers; per query tile:
 //! - Sᵀ = K Qᵀ and dPᵀ = V dOᵀ by wgmma from shared memory (keys are the rows, so the results
 //!   are already the A operands of the next two products);
 //! - Pᵀ = exp2(Sᵀ·scale − lse) (token mask first on partial tiles), dV += Pᵀ dO with Pᵀ from
@@ -36,18 +39,20 @@ const HALF_KV: u32 = (HOPPER_BWD_KEYS * 128) as u32;
 const HALF_Q: u32 = (HOPPER_BWD_QUERIES * 128) as u32;
 const SIDE: u32 = HOPPER_BWD_SIDE_BYTES as u32;
 /// Row data offsets within a stage's side block: lse, D, the row windows, then the tile's words
-/// (flags, query head, first row).
+/// (flags, query head, first row, item index).
 const SIDE_D: u32 = 4 * BQ as u32;
 const SIDE_WIN: u32 = 8 * BQ as u32;
 const SIDE_WORD: u32 = SIDE_WIN + (BQ as usize * size_of::<RowWindow>()) as u32;
-/// The stage's flags word: `PARTIAL` when the tile needs the token mask, `END` after the last tile.
+/// The stage's flags word: `PARTIAL` when the tile needs the token mask; `END` marks a stage
+/// that closes an item (no tile), `FINISH` one after the last item.
 const PARTIAL: u32 = 1;
 const END: u32 = u32::MAX;
+const FINISH: u32 = u32::MAX - 1;
 /// Registers per thread after `setmaxnreg`. The CTA starts with 168 per thread (384 threads,
 /// one CTA per SM); `setmaxnreg.inc` waits for registers the producers gave back, so the two
 /// budgets must fit in what the launch allocated, or the consumers wait forever.
-const PRODUCER_REGS: u32 = 40;
-const CONSUMER_REGS: u32 = 232;
+const PRODUCER_REGS: u32 = 48;
+const CONSUMER_REGS: u32 = 224;
 const _: () = assert!(128 * PRODUCER_REGS + 256 * CONSUMER_REGS <= 384 * 168);
 /// Arrivals on a full barrier: the walker's and the row-data warp's; on an empty one, every
 /// consumer thread (each frees its own reads of the row data).
@@ -90,6 +95,10 @@ impl Smem {
     fn kv_full(&self) -> u32 {
         self.bars
     }
+    /// The consumers are done with the item's K and V.
+    fn kv_empty(&self) -> u32 {
+        self.bars + 8 * (1 + 3 * NS)
+    }
     fn full(&self, s: u32) -> u32 {
         self.bars + 8 * (1 + s)
     }
@@ -109,6 +118,7 @@ pub unsafe fn bwd_dkdv_hopper<E: Element + WgElement, O: OAcc>(p: &HopperBwdPara
     if tid == 0 {
         unsafe {
             mbar_init(sm.kv_full(), 1);
+            mbar_init(sm.kv_empty(), CONSUMER_THREADS);
             for s in 0..NS {
                 mbar_init(sm.words(s), 1);
                 mbar_init(sm.full(s), 1 + ROW_DATA_LANES);
@@ -131,75 +141,112 @@ pub unsafe fn bwd_dkdv_hopper<E: Element + WgElement, O: OAcc>(p: &HopperBwdPara
     }
 }
 
-/// This CTA's key tile and its sequence.
+/// Key tile `idx` of the work list and its sequence.
 #[inline(always)]
-fn kv_item(p: &HopperBwdParams) -> (WorkItem, SeqInfo) {
-    crate::item::item_at(&p.b.f, p.b.kv_items, block_idx())
+fn kv_item(p: &HopperBwdParams, idx: u32) -> (WorkItem, SeqInfo) {
+    crate::item::item_at(&p.b.f, p.b.kv_items, idx)
 }
 
-/// Warp 0, lane 0: K and V, then every query tile of the walk through the ring: it writes the
-/// tile's words, wakes the row-data warp ([`row_data`]) and issues the Q and dO copies.
+/// Writes a stage's words (flags, query head, first row, item index).
+#[inline(always)]
+unsafe fn put_words(side: u32, w: [u32; 4]) {
+    unsafe {
+        *shared_ptr(side + SIDE_WORD) = w[0];
+        *shared_ptr(side + SIDE_WORD + 4) = w[1];
+        *shared_ptr(side + SIDE_WORD + 8) = w[2];
+        *shared_ptr(side + SIDE_WORD + 12) = w[3];
+    }
+}
+
+/// `atom.global.add.u32 old, [ctr], 1`: the counter's value before the increment.
+#[inline(always)]
+unsafe fn atomic_inc(ctr: u64) -> u32 {
+    let old: u32;
+    unsafe { core::arch::asm!("atom.global.add.u32 {0}, [{1}], 1;", out(reg32) old, in(reg64) ctr, options(nostack)) };
+    old
+}
+
+/// Warp 0, lane 0: for each key tile it takes (first `blockIdx.x`, then `gridDim.x +` a global
+/// counter: a persistent grid), K and V once the consumers are done with the previous ones, then
+/// every query tile of the walk through the ring: it writes the tile's words, wakes the row-data
+/// warp ([`row_data`]) and issues the Q and dO copies; then a stage marked `END`. After the last
+/// item, a stage marked `FINISH`.
 #[inline(always)]
 unsafe fn walker<O: OAcc>(p: &HopperBwdParams, sm: Smem) {
     let f = &p.b.f;
     let map = |i: u64| p.tensor_maps + i * TENSOR_MAP_BYTES as u64;
     let halves = (O::D / 64) as u32;
-    let (item, seq) = kv_item(p);
-    let j0 = item.q_block as i32 * BK;
-    let batch = if p.packed != 0 { 0 } else { item.batch as i32 };
     unsafe {
         for i in 0..4 {
             prefetch_tensormap(map(i));
         }
-        mbar_arrive_expect_tx(sm.kv_full(), 2 * (HOPPER_BWD_KEYS * O::D * 2) as u32);
-        for h in 0..halves {
-            let c = [h as i32 * 64, seq.k_start + j0, item.head as i32, batch];
-            tma_load_4d(sm.k + h * HALF_KV, map(2), sm.kv_full(), c);
-            tma_load_4d(sm.v + h * HALF_KV, map(3), sm.kv_full(), c);
-        }
     }
     let causal = f.causal != 0;
     let mut tile = 0u32;
-    for g in 0..f.group {
-        let head = item.head * f.group + g;
-        let rule = head_rule(f, head);
-        let span = KeySpan::new(rule, causal, seq.q_len, seq.k_len, j0, j0 + BK - 1);
-        let mut walk = if rule.kind == KIND_BLOCK_SPARSE {
-            // The transposed compacted mask: the query blocks that keep this key block.
-            let mb = if f.mask_batch == 1 { 0 } else { item.batch };
-            let col = ((mb * f.n_masks + rule.a) * f.mask_k_blocks) as usize + (j0 / BLK) as usize;
-            let list = unsafe { (f.block_lists as *const i32).add(col * f.mask_q_blocks as usize) };
-            QueryTileWalk::sparse(span, BQ, list, unsafe { *(f.block_counts as *const i32).add(col) })
-        } else {
-            QueryTileWalk::formula(span, BQ)
-        };
-        loop {
-            let i0 = unsafe { walk.next() };
-            if i0 < 0 {
-                break;
+    let mut n_item = 0u32;
+    let mut idx = block_idx();
+    while idx < p.n_items {
+        let (item, seq) = kv_item(p, idx);
+        let j0 = item.q_block as i32 * BK;
+        let batch = if p.packed != 0 { 0 } else { item.batch as i32 };
+        unsafe {
+            mbar_wait(sm.kv_empty(), (n_item & 1) ^ 1);
+            mbar_arrive_expect_tx(sm.kv_full(), 2 * (HOPPER_BWD_KEYS * O::D * 2) as u32);
+            for h in 0..halves {
+                let c = [h as i32 * 64, seq.k_start + j0, item.head as i32, batch];
+                tma_load_4d(sm.k + h * HALF_KV, map(2), sm.kv_full(), c);
+                tma_load_4d(sm.v + h * HALF_KV, map(3), sm.kv_full(), c);
             }
-            let s = tile % NS;
-            let side = sm.side(s);
-            unsafe {
-                mbar_wait(sm.empty(s), ((tile / NS) & 1) ^ 1);
-                *shared_ptr(side + SIDE_WORD) = if span.tile_full(i0, i0 + BQ - 1) { 0 } else { PARTIAL };
-                *shared_ptr(side + SIDE_WORD + 4) = head;
-                *shared_ptr(side + SIDE_WORD + 8) = i0 as u32;
-                mbar_arrive(sm.words(s));
-                mbar_arrive_expect_tx(sm.full(s), 2 * sm.q_bytes);
-                for h in 0..halves {
-                    let c = [h as i32 * 64, seq.q_start + i0, head as i32, batch];
-                    tma_load_4d(sm.q(s) + h * HALF_Q, map(0), sm.full(s), c);
-                    tma_load_4d(sm.d_o(s) + h * HALF_Q, map(1), sm.full(s), c);
-                }
-            }
-            tile += 1;
         }
+        for g in 0..f.group {
+            let head = item.head * f.group + g;
+            let rule = head_rule(f, head);
+            let span = KeySpan::new(rule, causal, seq.q_len, seq.k_len, j0, j0 + BK - 1);
+            let mut walk = if rule.kind == KIND_BLOCK_SPARSE {
+                // The transposed compacted mask: the query blocks that keep this key block.
+                let mb = if f.mask_batch == 1 { 0 } else { item.batch };
+                let col = ((mb * f.n_masks + rule.a) * f.mask_k_blocks) as usize + (j0 / BLK) as usize;
+                let list = unsafe { (f.block_lists as *const i32).add(col * f.mask_q_blocks as usize) };
+                QueryTileWalk::sparse(span, BQ, list, unsafe { *(f.block_counts as *const i32).add(col) })
+            } else {
+                QueryTileWalk::formula(span, BQ)
+            };
+            loop {
+                let i0 = unsafe { walk.next() };
+                if i0 < 0 {
+                    break;
+                }
+                let s = tile % NS;
+                let side = sm.side(s);
+                unsafe {
+                    mbar_wait(sm.empty(s), ((tile / NS) & 1) ^ 1);
+                    put_words(side, [if span.tile_full(i0, i0 + BQ - 1) { 0 } else { PARTIAL }, head, i0 as u32, idx]);
+                    mbar_arrive(sm.words(s));
+                    mbar_arrive_expect_tx(sm.full(s), 2 * sm.q_bytes);
+                    for h in 0..halves {
+                        let c = [h as i32 * 64, seq.q_start + i0, head as i32, batch];
+                        tma_load_4d(sm.q(s) + h * HALF_Q, map(0), sm.full(s), c);
+                        tma_load_4d(sm.d_o(s) + h * HALF_Q, map(1), sm.full(s), c);
+                    }
+                }
+                tile += 1;
+            }
+        }
+        unsafe { mark(sm, tile, [END, 0, 0, idx]) };
+        tile += 1;
+        n_item += 1;
+        idx = unsafe { core::arch::nvptx::_grid_dim_x() } as u32 + unsafe { atomic_inc(p.counter) };
     }
+    unsafe { mark(sm, tile, [FINISH, 0, 0, 0]) };
+}
+
+/// A stage with no tile (`END` or `FINISH`), through the same barriers.
+#[inline(always)]
+unsafe fn mark(sm: Smem, tile: u32, words: [u32; 4]) {
     let s = tile % NS;
     unsafe {
         mbar_wait(sm.empty(s), ((tile / NS) & 1) ^ 1);
-        *shared_ptr(sm.side(s) + SIDE_WORD) = END;
+        put_words(sm.side(s), words);
         mbar_arrive(sm.words(s));
         mbar_arrive(sm.full(s));
     }
@@ -207,11 +254,10 @@ unsafe fn walker<O: OAcc>(p: &HopperBwdParams, sm: Smem) {
 
 /// Warp 1: for each tile the walker announced, its rows' lse (exp2 domain), D and windows
 /// (two rows per lane), beside the Q and dO copies. A warp of its own: with the walk in the same
-/// registers the producer warpgroup's 40 would not do.
+/// registers the producer warpgroup's 48 would not do.
 #[inline(always)]
 unsafe fn row_data(p: &HopperBwdParams, sm: Smem, lane: u32) {
     let f = &p.b.f;
-    let (item, seq) = kv_item(p);
     let causal = f.causal != 0;
     let mut tile = 0u32;
     loop {
@@ -219,8 +265,9 @@ unsafe fn row_data(p: &HopperBwdParams, sm: Smem, lane: u32) {
         let side = sm.side(s);
         unsafe { mbar_wait(sm.words(s), (tile / NS) & 1) };
         let word = unsafe { ld_shared_u32(side + SIDE_WORD) };
-        if word != END {
+        if word != END && word != FINISH {
             let (head, i0) = unsafe { (ld_shared_u32(side + SIDE_WORD + 4), ld_shared_u32(side + SIDE_WORD + 8) as i32) };
+            let (item, seq) = kv_item(p, unsafe { ld_shared_u32(side + SIDE_WORD + 12) });
             let rule = head_rule(f, head);
             for k in 0..2 {
                 let r = lane + 32 * k;
@@ -245,7 +292,7 @@ unsafe fn row_data(p: &HopperBwdParams, sm: Smem, lane: u32) {
             }
         }
         unsafe { mbar_arrive(sm.full(s)) };
-        if word == END {
+        if word == FINISH {
             break;
         }
         tile += 1;
@@ -289,22 +336,54 @@ unsafe fn issue_rs<E: WgElement, O: OAcc>(acc: &mut O, a: &[u32; 16], b: u64) {
 #[inline(always)]
 unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperBwdParams, sm: Smem, c: u32, t: u32) {
     let (warp, lane) = (t / 32, t % 32);
-    let (item, seq) = kv_item(p);
-    let j0 = item.q_block as i32 * BK;
-    let key = j0 + (c * 64 + warp * 16 + lane / 4) as i32; // and key + 8
     let scale = p.b.f.scale_log2;
-    let mut dk = O::zero();
-    let mut dv = O::zero();
-    unsafe { mbar_wait(sm.kv_full(), 0) };
     let mut tile = 0u32;
+    let mut n_item = 0u32;
     loop {
-        let s = tile % NS;
-        unsafe { mbar_wait(sm.full(s), (tile / NS) & 1) };
-        let side = sm.side(s);
-        let word = unsafe { ld_shared_u32(side + SIDE_WORD) };
-        if word == END {
+        // The item's first stage: a tile, its END mark (no query tile sees the keys), or FINISH.
+        let (s, side, mut word) = unsafe { stage_word(sm, tile) };
+        if word == FINISH {
             break;
         }
+        let idx = unsafe { ld_shared_u32(side + SIDE_WORD + 12) };
+        let (item, seq) = kv_item(p, idx);
+        let key = item.q_block as i32 * BK + (c * 64 + warp * 16 + lane / 4) as i32; // and key + 8
+        let mut dk = O::zero();
+        let mut dv = O::zero();
+        unsafe { mbar_wait(sm.kv_full(), n_item & 1) };
+        let mut s = s;
+        let mut side = side;
+        while word != END {
+            unsafe { tile_products::<E, O>(sm, s, side, word, key, scale, c, lane, &mut dk, &mut dv) };
+            tile += 1;
+            (s, side, word) = unsafe { stage_word(sm, tile) };
+        }
+        // The END stage and, the products being done, K and V go back to the walker.
+        unsafe {
+            mbar_arrive(sm.empty(s));
+            mbar_arrive(sm.kv_empty());
+        }
+        tile += 1;
+        n_item += 1;
+        unsafe { store_dkdv::<E, O>(p, &item, &seq, key, lane, &mut dk, &mut dv) };
+    }
+}
+
+/// Waits for stage `tile` of the ring: its index, side block and flags word.
+#[inline(always)]
+unsafe fn stage_word(sm: Smem, tile: u32) -> (u32, u32, u32) {
+    let s = tile % NS;
+    unsafe { mbar_wait(sm.full(s), (tile / NS) & 1) };
+    let side = sm.side(s);
+    (s, side, unsafe { ld_shared_u32(side + SIDE_WORD) })
+}
+
+/// The four products of one query tile (stage `s`, flags `word`) for this warpgroup's keys (the
+/// thread's first key `key`), accumulated into dK and dV; frees the stage.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_products<E: Element + WgElement, O: OAcc>(sm: Smem, s: u32, side: u32, word: u32, key: i32, scale: f32, c: u32, lane: u32, dk: &mut O, dv: &mut O) {
+    {
         let (q_s, do_s) = (sm.q(s), sm.d_o(s));
         // Built in the loop from an opaque value: hoisted, the 16 descriptors of the K and V
         // steps would be held (and spilled) across it.
@@ -351,12 +430,12 @@ unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperBwdParams, sm: Sme
         // would not fit beside dK, dV and Sᵀ at D = 128.
         unsafe {
             keep(&mut dp);
-            keep(&mut dv);
+            keep(dv);
             keep(&mut pa);
             wgmma::fence();
             issue_ss::<E, O>(&mut dp, da_v, desc(do_s, 16, 1024));
             wgmma::commit();
-            issue_rs::<E, O>(&mut dv, &pa, desc(do_s, HALF_Q, 1024));
+            issue_rs::<E, O>(dv, &pa, desc(do_s, HALF_Q, 1024));
             wgmma::commit();
             wgmma::wait::<1>(); // dPᵀ is done (groups complete in order)
             keep(&mut dp);
@@ -373,22 +452,25 @@ unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperBwdParams, sm: Sme
         }
         let mut dsa = pack_a::<E>(&dp);
         unsafe {
-            keep(&mut dk);
+            keep(dk);
             keep(&mut dsa);
             wgmma::fence();
-            issue_rs::<E, O>(&mut dk, &dsa, desc(q_s, HALF_Q, 1024));
+            issue_rs::<E, O>(dk, &dsa, desc(q_s, HALF_Q, 1024));
             wgmma::commit();
             wgmma::wait::<0>();
-            keep(&mut dk);
-            keep(&mut dv);
+            keep(dk);
+            keep(dv);
             keep(&mut pa);
             keep(&mut dsa);
             mbar_arrive(sm.empty(s));
         }
-        tile += 1;
     }
+}
 
-    // Keys no query sees get zero gradients: every key of the tile is written.
+/// Writes the item's dK (times the softmax scale) and dV rows of this thread's two keys. Keys no
+/// query sees get zero gradients: every key of the tile is written.
+#[inline(always)]
+unsafe fn store_dkdv<E: Element, O: OAcc>(p: &HopperBwdParams, item: &WorkItem, seq: &SeqInfo, key: i32, lane: u32, dk: &mut O, dv: &mut O) {
     let bp = &p.b;
     let valid_chunks = bp.f.head_dim / 8;
     let (dkv, dvv) = (dk.v(), dv.v());
