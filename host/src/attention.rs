@@ -517,3 +517,42 @@ fn compact_on_gpu(
     }
     Ok((lists, counts))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The key-side work lists of both tile sizes (64 for the portable dK/dV kernel, 128 for the
+    /// Hopper one) hold every (batch, kv head, key tile) exactly once, heaviest first.
+    #[test]
+    fn kv_work_items_cover_every_key_tile_once_heaviest_first() {
+        let specs = [
+            AttentionSpec::batched(2, 300, 257, 4, 2, 64).with_causal(true),
+            AttentionSpec::batched(1, 128, 1000, 2, 1, 128),
+            AttentionSpec::varlen(vec![0, 5, 300, 300, 1200], vec![0, 129, 500, 640, 1400], 8, 2, 128).with_causal(true),
+        ];
+        for spec in &specs {
+            for tile in [attn_common::BWD_KEYS, attn_common::HOPPER_BWD_KEYS] {
+                let items = kv_work_items(spec, tile);
+                let mut want = Vec::new();
+                for b in 0..spec.batch() {
+                    let tiles = (spec.seq(b).k_len as usize).div_ceil(tile);
+                    for h in 0..spec.heads_kv {
+                        want.extend((0..tiles).map(|t| (b as u32, h as u32, t as u32)));
+                    }
+                }
+                let mut got: Vec<_> = items.iter().map(|i| (i.batch, i.head, i.q_block)).collect();
+                got.sort();
+                want.sort();
+                assert_eq!(got, want, "tile {tile}, spec {spec:?}");
+                // Weight: the query rows that may see the tile (all, or those at or below it).
+                let rows = |i: &attn_common::WorkItem| {
+                    let s = spec.seq(i.batch as usize);
+                    let j0 = (i.q_block as usize * tile) as i64;
+                    if spec.causal { (s.q_len as i64 - (j0 - (s.k_len - s.q_len) as i64).max(0)).max(0) } else { s.q_len as i64 }
+                };
+                assert!(items.windows(2).all(|w| rows(&w[0]) >= rows(&w[1])), "tile {tile}: not heaviest first");
+            }
+        }
+    }
+}
