@@ -24,7 +24,7 @@ use attn_common::{
 use crate::arch::math::{exp2, fma, log2};
 use crate::arch::mma::Element;
 use crate::arch::smem::{dynamic_smem, ld_shared_u32, smem_u32};
-use crate::arch::sync::{bar_sync, block_idx, shfl_idx, shfl_xor, thread_idx, vote_any};
+use crate::arch::sync::{bar_sync, block_idx, next_work_item, shfl_idx, shfl_xor, thread_idx, vote_any};
 use crate::arch::tma::{fence_mbar_init, mbar_arrive, mbar_arrive_expect_tx, mbar_init, mbar_wait, prefetch_tensormap, setmaxnreg_dec, setmaxnreg_inc, tma_load_4d};
 use crate::arch::wgmma::{self, Keep, WgElement, desc, keep};
 use crate::item::{self, elem_offset, head_rule, item_walk};
@@ -268,16 +268,8 @@ pub(crate) unsafe fn producer<O: OAcc, const NS: u32, const QT: u32>(p: &HopperF
             j0 = next;
         }
         n_item += 1;
-        idx = unsafe { core::arch::nvptx::_grid_dim_x() } as u32 + unsafe { atomic_inc(p.counter) };
+        idx = unsafe { next_work_item(p.counter) };
     }
-}
-
-/// `atom.global.add.u32 old, [ctr], 1`: the counter's value before the increment.
-#[inline(always)]
-unsafe fn atomic_inc(ctr: u64) -> u32 {
-    let old: u32;
-    unsafe { core::arch::asm!("atom.global.add.u32 {0}, [{1}], 1;", out(reg32) old, in(reg64) ctr, options(nostack)) };
-    old
 }
 
 /// A generic pointer to a shared-memory word given its 32-bit `.shared` address.

@@ -24,7 +24,7 @@ use attn_common::{
 use crate::arch::math::{exp2, fma};
 use crate::arch::mma::Element;
 use crate::arch::smem::{dynamic_smem, ld_shared_u32, smem_u32};
-use crate::arch::sync::{bar_sync, block_idx, opaque, thread_idx};
+use crate::arch::sync::{bar_sync, block_idx, next_work_item, opaque, thread_idx};
 use crate::arch::tma::{fence_mbar_init, mbar_arrive, mbar_arrive_expect_tx, mbar_init, mbar_wait, prefetch_tensormap, setmaxnreg_dec, setmaxnreg_inc, tma_load_4d};
 use crate::arch::wgmma::{self, WgElement, desc, keep};
 use crate::bwd::lse2;
@@ -158,14 +158,6 @@ unsafe fn put_words(side: u32, w: [u32; 4]) {
     }
 }
 
-/// `atom.global.add.u32 old, [ctr], 1`: the counter's value before the increment.
-#[inline(always)]
-unsafe fn atomic_inc(ctr: u64) -> u32 {
-    let old: u32;
-    unsafe { core::arch::asm!("atom.global.add.u32 {0}, [{1}], 1;", out(reg32) old, in(reg64) ctr, options(nostack)) };
-    old
-}
-
 /// Warp 0, lane 0: for each key tile it takes (first `blockIdx.x`, then `gridDim.x +` a global
 /// counter: a persistent grid), K and V once the consumers are done with the previous ones, then
 /// every query tile of the walk through the ring: it writes the tile's words, wakes the row-data
@@ -235,7 +227,7 @@ unsafe fn walker<O: OAcc>(p: &HopperBwdParams, sm: Smem) {
         unsafe { mark(sm, tile, [END, 0, 0, idx]) };
         tile += 1;
         n_item += 1;
-        idx = unsafe { core::arch::nvptx::_grid_dim_x() } as u32 + unsafe { atomic_inc(p.counter) };
+        idx = unsafe { next_work_item(p.counter) };
     }
     unsafe { mark(sm, tile, [FINISH, 0, 0, 0]) };
 }

@@ -59,3 +59,12 @@ pub fn shfl_idx(v: u32, src: u32) -> u32 {
     }
     r
 }
+
+/// The next work item of a persistent grid: `gridDim.x + counter++` (`atom.global.add.u32` on a
+/// counter zeroed at launch), the first `gridDim.x` items being the CTAs' `blockIdx.x`.
+#[inline(always)]
+pub unsafe fn next_work_item(counter: u64) -> u32 {
+    let old: u32;
+    unsafe { asm!("atom.global.add.u32 {0}, [{1}], 1;", out(reg32) old, in(reg64) counter, options(nostack)) };
+    unsafe { core::arch::nvptx::_grid_dim_x() as u32 + old }
+}
