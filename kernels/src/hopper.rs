@@ -167,23 +167,37 @@ fn item_at(p: &HopperFwdParams, idx: u32) -> (WorkItem, SeqInfo, HeadRule) {
     (item, seq, head_rule(&p.f, item.head))
 }
 
+/// The warp-specialised CTA of the persistent Hopper kernels that share this producer: thread 0
+/// initialises the barriers of `sm`; warpgroup 0 keeps 40 registers and its thread 0 runs
+/// `producer`; warpgroups 1 and 2 take 232 (40 × 128 + 232 × 256 is what the launch allocated,
+/// 168 × 384: `setmaxnreg.inc` waits for registers given back) and run `consumer` with `c` (the
+/// consumer's index) and `t` (the thread's index in it) bound. A macro, not a function taking
+/// closures: closures' captures ended up in local memory.
+macro_rules! specialise {
+    ($sm:expr, $producer:expr, |$c:ident, $t:ident| $consumer:expr) => {{
+        let tid = thread_idx();
+        if tid == 0 {
+            unsafe { $sm.init_barriers() };
+        }
+        bar_sync();
+        if tid < 128 {
+            unsafe { setmaxnreg_dec::<40>() };
+            if tid == 0 {
+                unsafe { $producer };
+            }
+        } else {
+            unsafe { setmaxnreg_inc::<232>() };
+            let ($c, $t) = (tid / 128 - 1, tid % 128);
+            unsafe { $consumer };
+        }
+    }};
+}
+pub(crate) use specialise;
+
 #[inline(always)]
 pub unsafe fn attn_fwd_hopper<E: Element + WgElement, O: OAcc>(p: &HopperFwdParams) {
-    let tid = thread_idx();
     let sm = Smem::<NS, 1>::new(smem_u32(dynamic_smem()), O::D);
-    if tid == 0 {
-        unsafe { sm.init_barriers() };
-    }
-    bar_sync();
-    if tid < 128 {
-        unsafe { setmaxnreg_dec::<40>() };
-        if tid == 0 {
-            unsafe { producer::<O, NS, 1>(p, sm) };
-        }
-    } else {
-        unsafe { setmaxnreg_inc::<232>() };
-        unsafe { consumer::<E, O>(p, sm, tid / 128 - 1, tid % 128) };
-    }
+    specialise!(sm, producer::<O, NS, 1>(p, sm), |c, t| consumer::<E, O>(p, sm, c, t));
 }
 
 /// One thread: for each item, Q (and dO, `QT` = 2: tensor map 3) then every key tile of its

@@ -16,28 +16,15 @@ use crate::arch::sync::{bar_sync, opaque, thread_idx};
 use crate::arch::tma::{mbar_arrive, mbar_wait, setmaxnreg_dec, setmaxnreg_inc};
 use crate::arch::wgmma::{self, WgElement, desc, keep};
 use crate::bwd::lse2;
-use crate::hopper::{EMPTY, HALF, ItemInfo, LAST, NQ, OAcc, Smem, issue_pv, issue_s, lane0_read, mask_tile, next_item, pack_p, producer, row_windows};
+use crate::hopper::{EMPTY, HALF, ItemInfo, LAST, NQ, OAcc, Smem, issue_pv, issue_s, lane0_read, mask_tile, next_item, pack_p, producer, row_windows, specialise};
 use crate::item::elem_offset;
 
 const NS: u32 = HOPPER_DQ_STAGES as u32;
 
 #[inline(always)]
 pub unsafe fn bwd_dq_hopper<E: Element + WgElement, O: OAcc>(p: &HopperDqParams) {
-    let tid = thread_idx();
     let sm = Smem::<NS, 2>::new(smem_u32(dynamic_smem()), O::D);
-    if tid == 0 {
-        unsafe { sm.init_barriers() };
-    }
-    bar_sync();
-    if tid < 128 {
-        unsafe { setmaxnreg_dec::<40>() };
-        if tid == 0 {
-            unsafe { producer::<O, NS, 2>(&p.h, sm) };
-        }
-    } else {
-        unsafe { setmaxnreg_inc::<232>() };
-        unsafe { consumer::<E, O>(p, sm, tid / 128 - 1, tid % 128) };
-    }
+    specialise!(sm, producer::<O, NS, 2>(&p.h, sm), |c, t| consumer::<E, O>(p, sm, c, t));
 }
 
 /// One consumer warpgroup (`c` = 0 or 1: query rows 64c..64c + 64 of each item).
