@@ -327,6 +327,19 @@ pub(crate) fn row_windows(rule: HeadRule, causal: bool, seq: &SeqInfo, i: i32) -
     [row_window(rule, causal, seq.q_len, seq.k_len, i), row_window(rule, causal, seq.q_len, seq.k_len, i + 8)]
 }
 
+/// An item with no key tile (its rows see nothing): its ring entry (no copies behind it) and its
+/// query-side tiles go straight back to the producer.
+#[inline(always)]
+pub(crate) unsafe fn release_empty_item<const NS: u32, const QT: u32>(sm: Smem<NS, QT>, s: u32, qb: u32, lane: u32) {
+    if lane == 0 {
+        unsafe {
+            mbar_arrive(sm.k_empty(s));
+            mbar_arrive(sm.v_empty(s));
+            mbar_arrive(sm.q_empty(qb));
+        }
+    }
+}
+
 /// Whether the row sees every key of the tile at `j0`.
 #[inline(always)]
 fn sees_all(w: &RowWindow, j0: i32) -> bool {
@@ -516,13 +529,7 @@ unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperFwdParams, sm: Sme
         let mut e = unsafe { lane0_read(sm.ring(s), lane) } as i32;
         tile += 1;
         if e == EMPTY {
-            if lane == 0 {
-                unsafe {
-                    mbar_arrive(sm.k_empty(s));
-                    mbar_arrive(sm.v_empty(s));
-                    mbar_arrive(sm.q_empty(qb));
-                }
-            }
+            unsafe { release_empty_item(sm, s, qb, lane) };
         } else {
             let mut sc = [0.0f32; 64];
             unsafe {

@@ -16,7 +16,7 @@ use crate::arch::sync::{bar_sync, opaque, thread_idx};
 use crate::arch::tma::{mbar_arrive, mbar_wait, setmaxnreg_dec, setmaxnreg_inc};
 use crate::arch::wgmma::{self, WgElement, desc, keep};
 use crate::bwd::lse2;
-use crate::hopper::{EMPTY, HALF, ItemInfo, LAST, NQ, OAcc, Smem, issue_pv, issue_s, lane0_read, mask_tile, next_item, pack_p, producer, row_windows, specialise};
+use crate::hopper::{EMPTY, HALF, ItemInfo, LAST, NQ, OAcc, Smem, issue_pv, issue_s, lane0_read, mask_tile, next_item, pack_p, producer, release_empty_item, row_windows, specialise};
 use crate::item::elem_offset;
 
 const NS: u32 = HOPPER_DQ_STAGES as u32;
@@ -68,13 +68,7 @@ unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperDqParams, sm: Smem
             tile += 1;
             if e == EMPTY {
                 // No key tile: the rows' dQ stays 0.
-                if lane == 0 {
-                    unsafe {
-                        mbar_arrive(sm.k_empty(s));
-                        mbar_arrive(sm.v_empty(s));
-                        mbar_arrive(sm.q_empty(qb));
-                    }
-                }
+                unsafe { release_empty_item(sm, s, qb, lane) };
                 break;
             }
             // Built per tile from an opaque value: hoisted out of the loop, the descriptors of
