@@ -305,8 +305,9 @@ fn pack_a<E: Element>(x: &[f32; 32]) -> [u32; 16] {
     a
 }
 
-/// Issues acc (+)= A Bᵀ over the head dim for a 64 x 64 result, A (64 rows, `a_half` bytes per
-/// 64 columns) and B (64 rows, `HALF_Q` per 64 columns) K-major in shared memory.
+/// Issues acc = A Bᵀ over the head dim for a 64 x 64 result: A 64 rows of the K or V tile
+/// (`HALF_KV` bytes per 64 columns), B a Q or dO stage (`HALF_Q` per 64 columns), both K-major in
+/// shared memory.
 #[inline(always)]
 unsafe fn issue_ss<E: WgElement, O: OAcc>(acc: &mut [f32; 32], a: u64, b: u64) {
     let step = |kk: usize, half: u32| ((kk / 4) as u32 * half + (kk % 4) as u32 * 32) as u64 >> 4;
