@@ -429,8 +429,10 @@ impl Attention {
             // The key-side walk reads the mask's columns.
             bp.f.block_lists = ltp;
             bp.f.block_counts = ctp;
-            if let Some((kernel, maps)) = self.hopper_maps::<T>(device.hopper_dkdv_kernel(T::KERNEL, spec.head_dim), &[((qp, qs), true, BQ), ((dop, qs), true, BQ), ((kp, ks), false, BK), ((vp, ks), false, BK)]) {
-                let (items, n) = self.kv_items_wide.as_ref().expect("the Hopper path plans 128-key tiles");
+            let maps = [((qp, qs), true, BQ), ((dop, qs), true, BQ), ((kp, ks), false, BK), ((vp, ks), false, BK)];
+            // The 128-key work list exists when the plan was made on a Hopper-path device.
+            let hopper = self.kv_items_wide.as_ref().and_then(|w| Some((self.hopper_maps::<T>(device.hopper_dkdv_kernel(T::KERNEL, spec.head_dim), &maps)?, w)));
+            if let Some(((kernel, maps), (items, n))) = hopper {
                 let (ip, _g16) = items.device_ptr(stream);
                 bp.kv_items = ip;
                 // The maps, then the zeroed work counter (persistent grid).
