@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use attn_common::row_window;
 use block_sparse_attn::plan::{self, CompactMask};
 use block_sparse_attn::{AttentionSpec, BLOCK, HeadPattern};
-use common::{Case, arb_case, check_checkerboard_geometries, mask_bit, visibility};
+use common::{Case, arb_case, boundary_patterns, check_checkerboard_geometries, mask_bit, visibility};
 use proptest::prelude::*;
 
 const TILE_SIZES: [i32; 2] = [32, 64];
@@ -203,16 +203,7 @@ proptest! {
 /// diagonal blocks, a partial last query block with `Sk > Sq`.
 #[test]
 fn visited_tiles_fixed_geometries() {
-    let patterns = vec![
-        HeadPattern::Dense,
-        HeadPattern::BlockSparse { mask: 0 },
-        HeadPattern::BlockStreaming { sink_blocks: 1, local_blocks: 1 },
-        HeadPattern::BlockStreaming { sink_blocks: 0, local_blocks: 2 },
-        HeadPattern::TokenStreaming { sink_tokens: 4, local_tokens: 1 },
-        HeadPattern::TokenStreaming { sink_tokens: 0, local_tokens: 0 },
-        HeadPattern::TokenStreaming { sink_tokens: 129, local_tokens: 130 },
-        HeadPattern::BlockStreaming { sink_blocks: 0, local_blocks: 0 },
-    ];
+    let patterns = boundary_patterns();
     let geometries = [(1, 300), (1, 1), (1, 128), (1, 129), (300, 100), (200, 457), (129, 129), (0, 5), (5, 0), (700, 700)];
     check_checkerboard_geometries(&patterns, &geometries, check_case);
 }

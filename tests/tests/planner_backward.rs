@@ -13,7 +13,7 @@ mod common;
 use attn_common::{BLK, query_rows_seeing, rows_full};
 use block_sparse_attn::plan::{self, TransposedMask};
 use block_sparse_attn::{AttentionSpec, BLOCK, HeadPattern};
-use common::{Case, arb_case, check_checkerboard_geometries, mask_bit, visibility};
+use common::{Case, arb_case, boundary_patterns, check_checkerboard_geometries, mask_bit, visibility};
 use proptest::prelude::*;
 
 const KEY_TILES: [i32; 2] = [64, 128];
@@ -151,17 +151,7 @@ proptest! {
 /// The awkward geometries of `planner.rs`, every pattern, a checkerboard mask.
 #[test]
 fn query_rows_fixed_geometries() {
-    let patterns = vec![
-        HeadPattern::Dense,
-        HeadPattern::BlockSparse { mask: 0 },
-        HeadPattern::BlockStreaming { sink_blocks: 1, local_blocks: 1 },
-        HeadPattern::BlockStreaming { sink_blocks: 0, local_blocks: 2 },
-        HeadPattern::TokenStreaming { sink_tokens: 4, local_tokens: 1 },
-        HeadPattern::TokenStreaming { sink_tokens: 0, local_tokens: 0 },
-        HeadPattern::TokenStreaming { sink_tokens: 129, local_tokens: 130 },
-        HeadPattern::TokenStreaming { sink_tokens: 100, local_tokens: 50 }, // sink and window meet inside a tile
-        HeadPattern::BlockStreaming { sink_blocks: 0, local_blocks: 0 },
-    ];
+    let patterns = boundary_patterns();
     let geometries = [(1, 300), (1, 1), (1, 129), (300, 100), (200, 457), (129, 129), (0, 5), (5, 0), (520, 520)];
     check_checkerboard_geometries(&patterns, &geometries, check_case);
 }

@@ -162,6 +162,22 @@ pub fn visibility(spec: &AttentionSpec, mask: Option<&[u8]>, b: usize, h: usize)
     vis
 }
 
+/// One head of every pattern kind at the parameters that stress tile boundaries: windows of 1
+/// and 0 tokens, sink and window past a block, sink and window meeting inside a tile, no blocks.
+pub fn boundary_patterns() -> Vec<HeadPattern> {
+    vec![
+        HeadPattern::Dense,
+        HeadPattern::BlockSparse { mask: 0 },
+        HeadPattern::BlockStreaming { sink_blocks: 1, local_blocks: 1 },
+        HeadPattern::BlockStreaming { sink_blocks: 0, local_blocks: 2 },
+        HeadPattern::TokenStreaming { sink_tokens: 4, local_tokens: 1 },
+        HeadPattern::TokenStreaming { sink_tokens: 0, local_tokens: 0 },
+        HeadPattern::TokenStreaming { sink_tokens: 129, local_tokens: 130 },
+        HeadPattern::TokenStreaming { sink_tokens: 100, local_tokens: 50 },
+        HeadPattern::BlockStreaming { sink_blocks: 0, local_blocks: 0 },
+    ]
+}
+
 /// Runs `check` on one batch-1 call per `(Sq, Sk)` of `geometries` and causal mode, with every
 /// pattern of `patterns` (one head each) and a checkerboard block mask, so set and unset blocks
 /// alternate in both directions; panics naming the geometry of the first failure.
