@@ -376,9 +376,7 @@ pub(crate) unsafe fn issue_pv<E: WgElement, O: OAcc>(o: &mut O, pf: &mut [u32; 3
         keep(o);
         keep(pf);
         wgmma::fence();
-        for kk in 0..BK as usize / 16 {
-            o.mma::<E>([pf[4 * kk], pf[4 * kk + 1], pf[4 * kk + 2], pf[4 * kk + 3]], dv + ((kk as u32 * 16 * 128) as u64 >> 4));
-        }
+        mma_rs_steps::<E, O, 32>(o, pf, dv);
         wgmma::commit();
     }
 }
@@ -478,17 +476,28 @@ fn rescale<O: OAcc>(o: &mut O, alpha: [f32; 2]) {
     }
 }
 
-/// The probabilities as A fragments of the P V product: the 16-key step `kk` takes `a0`/`a1`
-/// from 8-column block `2kk` (rows g, g + 8) and `a2`/`a3` from block `2kk + 1`.
+/// A 64-row accumulator (`N` / 2 columns) rounded into the A fragments of a product over its
+/// columns (P of P V, dS of dS K, Pᵀ and dSᵀ of the backward): the 16-column step `kk` takes
+/// `a0`/`a1` from 8-column block `2kk` (rows g, g + 8) and `a2`/`a3` from block `2kk + 1`.
 #[inline(always)]
-pub(crate) fn pack_p<E: Element>(sc: &[f32; 64]) -> [u32; 32] {
-    let mut pf = [0u32; 32];
-    for n in 0..16 {
+pub(crate) fn pack_a<E: Element, const N: usize, const M: usize>(x: &[f32; N]) -> [u32; M] {
+    const { assert!(N == 2 * M && M % 4 == 0) };
+    let mut a = [0u32; M];
+    for n in 0..N / 4 {
         for h in 0..2 {
-            pf[4 * (n / 2) + 2 * (n % 2) + h] = E::pack2(sc[4 * n + 2 * h], sc[4 * n + 2 * h + 1]);
+            a[4 * (n / 2) + 2 * (n % 2) + h] = E::pack2(x[4 * n + 2 * h], x[4 * n + 2 * h + 1]);
         }
     }
-    pf
+    a
+}
+
+/// Issues acc += A B over the `M` / 4 16-column steps of the A fragments `a` (from [`pack_a`]),
+/// B MN-major at descriptor `b` (rows of 128 bytes along K). No fence or commit.
+#[inline(always)]
+pub(crate) unsafe fn mma_rs_steps<E: WgElement, O: OAcc, const M: usize>(acc: &mut O, a: &[u32; M], b: u64) {
+    for kk in 0..M / 4 {
+        unsafe { acc.mma::<E>([a[4 * kk], a[4 * kk + 1], a[4 * kk + 2], a[4 * kk + 3]], b + ((kk as u32 * 16 * 128) as u64 >> 4)) };
+    }
 }
 
 /// One consumer warpgroup (`c` = 0 or 1: query rows 64c..64c + 64 of each item); `t` is the
@@ -544,7 +553,7 @@ unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperFwdParams, sm: Sme
                 }
             }
             softmax(&mut sc, &mut r, e & !LAST, lane, scale); // O is still zero: no rescale
-            let mut pf = pack_p::<E>(&sc);
+            let mut pf = pack_a::<E, 64, 32>(&sc);
             while e & LAST == 0 {
                 let (prev, prev_ph) = (s, ph);
                 (s, ph) = (tile % NS, (tile / NS) & 1);
@@ -576,7 +585,7 @@ unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperFwdParams, sm: Sme
                 if let Some(a) = alpha {
                     rescale(&mut o, a);
                 }
-                pf = pack_p::<E>(&sc);
+                pf = pack_a::<E, 64, 32>(&sc);
             }
             unsafe {
                 mbar_wait(sm.v_full(s), ph);

@@ -28,7 +28,7 @@ use crate::arch::sync::{bar_sync, block_idx, next_work_item, opaque, thread_idx}
 use crate::arch::tma::{fence_mbar_init, mbar_arrive, mbar_arrive_expect_tx, mbar_init, mbar_wait, prefetch_tensormap, setmaxnreg_dec, setmaxnreg_inc, tma_load_4d};
 use crate::arch::wgmma::{self, WgElement, desc, keep};
 use crate::bwd::lse2;
-use crate::hopper::{OAcc, shared_ptr};
+use crate::hopper::{OAcc, mma_rs_steps, pack_a, shared_ptr};
 use crate::item::{elem_offset, head_rule};
 
 const NS: u32 = HOPPER_BWD_STAGES as u32;
@@ -291,20 +291,6 @@ unsafe fn row_data(p: &HopperBwdParams, sm: Smem, lane: u32) {
     }
 }
 
-/// Packs the rows of a 64 x 64 accumulator (keys x queries) into the A fragments of a product
-/// over the 64 queries: the 16-query step `kk` takes `a0`/`a1` from 8-column block `2kk` and
-/// `a2`/`a3` from block `2kk + 1` (as the forward's `pack_p`).
-#[inline(always)]
-fn pack_a<E: Element>(x: &[f32; 32]) -> [u32; 16] {
-    let mut a = [0u32; 16];
-    for n in 0..8 {
-        for h in 0..2 {
-            a[4 * (n / 2) + 2 * (n % 2) + h] = E::pack2(x[4 * n + 2 * h], x[4 * n + 2 * h + 1]);
-        }
-    }
-    a
-}
-
 /// Issues acc = A Bᵀ over the head dim for a 64 x 64 result: A 64 rows of the K or V tile
 /// (`HALF_KV` bytes per 64 columns), B a Q or dO stage (`HALF_Q` per 64 columns), both K-major in
 /// shared memory.
@@ -313,14 +299,6 @@ unsafe fn issue_ss<E: WgElement, O: OAcc>(acc: &mut [f32; 32], a: u64, b: u64) {
     let step = |kk: usize, half: u32| ((kk / 4) as u32 * half + (kk % 4) as u32 * 32) as u64 >> 4;
     for kk in 0..O::D / 16 {
         unsafe { E::mma_ss_n64(acc, a + step(kk, HALF_KV), b + step(kk, HALF_Q), kk > 0) };
-    }
-}
-
-/// Issues acc += A B over the tile's 64 queries, A from registers, B (a Q or dO stage) MN-major.
-#[inline(always)]
-unsafe fn issue_rs<E: WgElement, O: OAcc>(acc: &mut O, a: &[u32; 16], b: u64) {
-    for kk in 0..BQ as usize / 16 {
-        unsafe { acc.mma::<E>([a[4 * kk], a[4 * kk + 1], a[4 * kk + 2], a[4 * kk + 3]], b + ((kk as u32 * 16 * 128) as u64 >> 4)) };
     }
 }
 
@@ -418,7 +396,7 @@ unsafe fn tile_products<E: Element + WgElement, O: OAcc>(sm: Smem, s: u32, side:
             }
         }
         // Pᵀ rounded once: it feeds dV and, unpacked, dS (as the portable kernel).
-        let mut pa = pack_a::<E>(&st);
+        let mut pa = pack_a::<E, 32, 16>(&st);
         // dPᵀ is issued only now: during the mask and exponentials above its 32 accumulators
         // would not fit beside dK, dV and Sᵀ at D = 128.
         unsafe {
@@ -428,7 +406,7 @@ unsafe fn tile_products<E: Element + WgElement, O: OAcc>(sm: Smem, s: u32, side:
             wgmma::fence();
             issue_ss::<E, O>(&mut dp, da_v, desc(do_s, 16, 1024));
             wgmma::commit();
-            issue_rs::<E, O>(dv, &pa, desc(do_s, HALF_Q, 1024));
+            mma_rs_steps::<E, O, 16>(dv, &pa, desc(do_s, HALF_Q, 1024));
             wgmma::commit();
             wgmma::wait::<1>(); // dPᵀ is done (groups complete in order)
             keep(&mut dp);
@@ -443,12 +421,12 @@ unsafe fn tile_products<E: Element + WgElement, O: OAcc>(sm: Smem, s: u32, side:
                 }
             }
         }
-        let mut dsa = pack_a::<E>(&dp);
+        let mut dsa = pack_a::<E, 32, 16>(&dp);
         unsafe {
             keep(dk);
             keep(&mut dsa);
             wgmma::fence();
-            issue_rs::<E, O>(dk, &dsa, desc(q_s, HALF_Q, 1024));
+            mma_rs_steps::<E, O, 16>(dk, &dsa, desc(q_s, HALF_Q, 1024));
             wgmma::commit();
             wgmma::wait::<0>();
             keep(dk);
