@@ -500,6 +500,20 @@ pub(crate) unsafe fn mma_rs_steps<E: WgElement, O: OAcc, const M: usize>(acc: &m
     }
 }
 
+/// Writes row `h` (0: the thread's row g, 1: row g + 8) of a consumer's accumulator times
+/// `scale`, rounded to `E`, to the global row at address `row`: the thread's two columns of each
+/// of the first `valid_chunks` 8-column chunks (the real head dim).
+#[inline(always)]
+pub(crate) unsafe fn store_acc_row<E: Element, O: OAcc>(acc: &mut O, h: usize, scale: f32, row: u64, lane: u32, valid_chunks: u32) {
+    let v = acc.v();
+    for n in 0..O::D / 8 {
+        if (n as u32) < valid_chunks {
+            let x = E::pack2(v[4 * n + 2 * h] * scale, v[4 * n + 2 * h + 1] * scale);
+            unsafe { *((row + 2 * (n as u64 * 8 + (lane % 4) as u64 * 2)) as *mut u32) = x };
+        }
+    }
+}
+
 /// One consumer warpgroup (`c` = 0 or 1: query rows 64c..64c + 64 of each item); `t` is the
 /// thread's index in it.
 ///
@@ -611,13 +625,7 @@ unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperFwdParams, sm: Sme
             }
             let (inv, lse) = if sum > 0.0 { (1.0 / sum, (r.m[h] + log2(sum)) * LN2) } else { (0.0, f32::NEG_INFINITY) };
             let o_row = f.o + 2 * elem_offset(&f.o_strides, item.batch, seq.q_start + i, item.head) as u64;
-            let ov = o.v();
-            for n in 0..O::D / 8 {
-                if (n as u32) < valid_chunks {
-                    let v = E::pack2(ov[4 * n + 2 * h] * inv, ov[4 * n + 2 * h + 1] * inv);
-                    unsafe { *((o_row + 2 * (n as u64 * 8 + (lane % 4) as u64 * 2)) as *mut u32) = v };
-                }
-            }
+            unsafe { store_acc_row::<E, O>(&mut o, h, inv, o_row, lane, valid_chunks) };
             if lane % 4 == 0 {
                 let at = item.batch as i64 * f.lse_batch + item.head as i64 * f.lse_head + (seq.q_start + i) as i64;
                 unsafe { *(f.lse as *mut f32).add(at as usize) = lse };

@@ -28,7 +28,7 @@ use crate::arch::sync::{bar_sync, block_idx, next_work_item, opaque, thread_idx}
 use crate::arch::tma::{fence_mbar_init, mbar_arrive, mbar_arrive_expect_tx, mbar_init, mbar_wait, prefetch_tensormap, setmaxnreg_dec, setmaxnreg_inc, tma_load_4d};
 use crate::arch::wgmma::{self, WgElement, desc, keep};
 use crate::bwd::lse2;
-use crate::hopper::{OAcc, mma_rs_steps, pack_a, shared_ptr};
+use crate::hopper::{OAcc, mma_rs_steps, pack_a, shared_ptr, store_acc_row};
 use crate::item::{elem_offset, head_rule};
 
 const NS: u32 = HOPPER_BWD_STAGES as u32;
@@ -444,7 +444,6 @@ unsafe fn tile_products<E: Element + WgElement, O: OAcc>(sm: Smem, s: u32, side:
 unsafe fn store_dkdv<E: Element, O: OAcc>(p: &HopperBwdParams, item: &WorkItem, seq: &SeqInfo, key: i32, lane: u32, dk: &mut O, dv: &mut O) {
     let bp = &p.b;
     let valid_chunks = bp.f.head_dim / 8;
-    let (dkv, dvv) = (dk.v(), dv.v());
     for h in 0..2 {
         let j = key + 8 * h as i32;
         if j >= seq.k_len {
@@ -452,15 +451,9 @@ unsafe fn store_dkdv<E: Element, O: OAcc>(p: &HopperBwdParams, item: &WorkItem, 
         }
         let dk_row = bp.dk + 2 * elem_offset(&bp.dk_strides, item.batch, seq.k_start + j, item.head) as u64;
         let dv_row = bp.dv + 2 * elem_offset(&bp.dv_strides, item.batch, seq.k_start + j, item.head) as u64;
-        for n in 0..O::D / 8 {
-            if (n as u32) < valid_chunks {
-                let off = 2 * (n as u64 * 8 + (lane % 4) as u64 * 2);
-                let (a, b) = (4 * n + 2 * h, 4 * n + 2 * h + 1);
-                unsafe {
-                    *((dk_row + off) as *mut u32) = E::pack2(dkv[a] * bp.scale, dkv[b] * bp.scale);
-                    *((dv_row + off) as *mut u32) = E::pack2(dvv[a], dvv[b]);
-                }
-            }
+        unsafe {
+            store_acc_row::<E, O>(dk, h, bp.scale, dk_row, lane, valid_chunks);
+            store_acc_row::<E, O>(dv, h, 1.0, dv_row, lane, valid_chunks);
         }
     }
 }

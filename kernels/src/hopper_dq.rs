@@ -16,7 +16,7 @@ use crate::arch::sync::{bar_sync, opaque, thread_idx};
 use crate::arch::tma::{mbar_arrive, mbar_wait, setmaxnreg_dec, setmaxnreg_inc};
 use crate::arch::wgmma::{self, WgElement, desc, keep};
 use crate::bwd::lse2;
-use crate::hopper::{EMPTY, HALF, ItemInfo, LAST, NQ, OAcc, Smem, issue_pv, issue_s, lane0_read, mask_tile, next_item, pack_a, producer, release_empty_item, row_windows, specialise};
+use crate::hopper::{EMPTY, HALF, ItemInfo, LAST, NQ, OAcc, Smem, issue_pv, issue_s, lane0_read, mask_tile, next_item, pack_a, producer, release_empty_item, row_windows, specialise, store_acc_row};
 use crate::item::elem_offset;
 
 const NS: u32 = HOPPER_DQ_STAGES as u32;
@@ -128,19 +128,13 @@ unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperDqParams, sm: Smem
 
         // Every row of the item is written (rows that see no key get dQ = 0).
         let valid_chunks = f.head_dim / 8;
-        let dqv = dq.v();
         for h in 0..2 {
             let i = i0 + row + 8 * h as i32;
             if i >= seq.q_len {
                 continue;
             }
             let dq_row = p.dq + 2 * elem_offset(&p.dq_strides, item.batch, seq.q_start + i, item.head) as u64;
-            for n in 0..O::D / 8 {
-                if (n as u32) < valid_chunks {
-                    let v = E::pack2(dqv[4 * n + 2 * h] * p.scale, dqv[4 * n + 2 * h + 1] * p.scale);
-                    unsafe { *((dq_row + 2 * (n as u64 * 8 + (lane % 4) as u64 * 2)) as *mut u32) = v };
-                }
-            }
+            unsafe { store_acc_row::<E, O>(&mut dq, h, p.scale, dq_row, lane, valid_chunks) };
         }
         n_item += 1;
     }
