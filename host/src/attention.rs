@@ -232,12 +232,9 @@ impl Attention {
         let io = [(qp, q.strides), (kp, k.strides), (vp, v.strides), (op, o.strides)];
         let params = self.fwd_params(&tables.ptrs(), io, lsep, (lp, cp));
         if let Some((kernel, maps)) = self.hopper_maps::<T>(device.hopper_kernel(T::KERNEL, spec.head_dim), &[(io[0], true, BK), (io[1], false, BK), (io[2], false, BK)]) {
-            // One upload per call: the three maps, then the (zeroed) work counter.
-            let mut bytes = maps.concat();
-            bytes.resize(bytes.len() + 16, 0);
-            let bytes = stream.clone_htod(&bytes)?;
+            let bytes = upload_maps(stream, &maps)?;
             let (mp, _g8) = bytes.device_ptr(stream);
-            let hp = self.hopper_params(params, mp, 3);
+            let hp = self.hopper_params(params, mp, &maps);
             let grid = self.n_items.min(device.sm_count());
             let cfg = LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (HOPPER_THREADS, 1, 1), shared_mem_bytes: kernel.smem as u32 };
             let arg = ByValue(hp);
@@ -250,6 +247,19 @@ impl Attention {
         unsafe { stream.launch_builder(&kernel.func).arg(&arg).launch(cfg)? };
         Ok(())
     }
+}
+
+/// One upload per call for a Hopper kernel: its tensor maps, then a zeroed work counter (the
+/// persistent grids hand out items from it; see [`counter_at`]).
+fn upload_maps(stream: &Arc<CudaStream>, maps: &[TensorMapBytes]) -> Result<CudaSlice<u8>> {
+    let mut bytes = maps.concat();
+    bytes.resize(bytes.len() + 16, 0);
+    Ok(stream.clone_htod(&bytes)?)
+}
+
+/// The work counter's address in an [`upload_maps`] buffer at `mp`.
+fn counter_at(mp: u64, maps: &[TensorMapBytes]) -> u64 {
+    mp + (maps.len() * TENSOR_MAP_BYTES) as u64
 }
 
 /// Index of the kernel class serving the spec's head dim.
@@ -289,10 +299,10 @@ impl Attention {
         Some((kernel, maps.collect::<Option<Vec<_>>>()?))
     }
 
-    /// The persistent Hopper kernels' parameters: `maps` is the upload of `n_maps` tensor maps
-    /// followed by the zeroed work counter.
-    fn hopper_params(&self, f: FwdParams, maps: u64, n_maps: u64) -> HopperFwdParams {
-        HopperFwdParams { f, tensor_maps: maps, counter: maps + n_maps * TENSOR_MAP_BYTES as u64, n_items: self.n_items, packed: self.spec.is_varlen() as u32 }
+    /// The parameters of the persistent Hopper kernels that walk the query-block items: `mp` is
+    /// the [`upload_maps`] of `maps`.
+    fn hopper_params(&self, f: FwdParams, mp: u64, maps: &[TensorMapBytes]) -> HopperFwdParams {
+        HopperFwdParams { f, tensor_maps: mp, counter: counter_at(mp, maps), n_items: self.n_items, packed: self.spec.is_varlen() as u32 }
     }
 
     /// The forward kernels' parameters: `io` are q, k, v, o (pointer, strides); `lists` the
@@ -404,13 +414,10 @@ impl Attention {
             let arg = ByValue(bp);
             unsafe { stream.launch_builder(&kernels.dsum).arg(&arg).launch(cfg)? };
             if let Some((kernel, maps)) = self.hopper_maps::<T>(device.hopper_dq_kernel(T::KERNEL, spec.head_dim), &[(io[0], true, BK), (io[1], false, BK), (io[2], false, BK), ((dop, qs), true, BK)]) {
-                // As the Hopper forward: the maps (Q, K, V, dO), then the zeroed work counter.
-                let mut bytes = maps.concat();
-                bytes.resize(bytes.len() + 16, 0);
-                let bytes = stream.clone_htod(&bytes)?;
+                let bytes = upload_maps(stream, &maps)?; // Q, K, V, dO
                 let (mp, _g16) = bytes.device_ptr(stream);
                 let hp = HopperDqParams {
-                    h: self.hopper_params(bp.f, mp, 4),
+                    h: self.hopper_params(bp.f, mp, &maps),
                     dsum: dsp,
                     dq: dqp,
                     dq_strides: qs,
@@ -435,12 +442,9 @@ impl Attention {
             if let Some(((kernel, maps), (items, n))) = hopper {
                 let (ip, _g16) = items.device_ptr(stream);
                 bp.kv_items = ip;
-                // The maps, then the zeroed work counter (persistent grid).
-                let mut bytes = maps.concat();
-                bytes.resize(bytes.len() + 16, 0);
-                let bytes = stream.clone_htod(&bytes)?;
+                let bytes = upload_maps(stream, &maps)?; // Q, dO, K, V
                 let (mp, _g17) = bytes.device_ptr(stream);
-                let hp = HopperBwdParams { b: bp, tensor_maps: mp, counter: mp + 4 * TENSOR_MAP_BYTES as u64, n_items: *n, packed: spec.is_varlen() as u32 };
+                let hp = HopperBwdParams { b: bp, tensor_maps: mp, counter: counter_at(mp, &maps), n_items: *n, packed: spec.is_varlen() as u32 };
                 let cfg = LaunchConfig { grid_dim: ((*n).min(device.sm_count()), 1, 1), block_dim: (HOPPER_THREADS, 1, 1), shared_mem_bytes: kernel.smem as u32 };
                 let arg = ByValue(hp);
                 unsafe { stream.launch_builder(&kernel.func).arg(&arg).launch(cfg)? };
@@ -547,11 +551,13 @@ mod tests {
                 got.sort();
                 want.sort();
                 assert_eq!(got, want, "tile {tile}, spec {spec:?}");
-                // Weight: the query rows that may see the tile (all, or those at or below it).
+                // Weight, counted row by row: the query rows that may see the tile's first key
+                // (all of them, or under causal those whose bottom-right aligned position
+                // i + Sk - Sq reaches it).
                 let rows = |i: &attn_common::WorkItem| {
                     let s = spec.seq(i.batch as usize);
-                    let j0 = (i.q_block as usize * tile) as i64;
-                    if spec.causal { (s.q_len as i64 - (j0 - (s.k_len - s.q_len) as i64).max(0)).max(0) } else { s.q_len as i64 }
+                    let j0 = (i.q_block as usize * tile) as i32;
+                    (0..s.q_len).filter(|&r| !spec.causal || r + s.k_len - s.q_len >= j0).count()
                 };
                 assert!(items.windows(2).all(|w| rows(&w[0]) >= rows(&w[1])), "tile {tile}: not heaviest first");
             }
