@@ -8,7 +8,12 @@
 //! ```text
 //! attn-bench [--lens 1024,2048,...,131072] [--causal true|false|both] [--iters N] [--only SUBSTR]
 //!            [--variant portable|portable-bwd|ENTRY:KEY_TILE:THREADS] [--json PATH] [--dump-masks DIR [--dump-only]]
+//!            [--bwd [--deterministic]] [--heads-kv N]
 //! ```
+//!
+//! `--bwd` also times forward + backward (the backward in its default, fast mode, or with
+//! `--deterministic` in the deterministic one); `--heads-kv N` runs GQA/MQA shapes (32 query
+//! heads over N key/value heads; default 32).
 //!
 //! `--dump-masks DIR` writes, for every (workload, S, causal) selected, one line to
 //! `DIR/manifest.jsonl` (visited query-key pairs, kept fractions, the mask file) and each
@@ -21,7 +26,8 @@
 //! (query-key pairs visited / pairs dense attention visits in the same causal mode), `kept_blocks`
 //! (the same for 128x128 blocks with at least one visible pair), `visited_pairs`, `ms`,
 //! `useful_tflops` (4·D·visited_pairs / time), `dense_equiv_tflops` (4·H·D·S², halved if causal,
-//! / time: the peers' convention), `iters`; `error` instead of `ms` when a run failed or was skipped.
+//! / time: the peers' convention), `iters`, `H_kv`, with `--bwd` `fwd_bwd_ms` and `deterministic`;
+//! `error` instead of `ms` when a run failed or was skipped.
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -207,6 +213,10 @@ struct Gpu {
     lse: CudaSlice<f32>,
     /// With `--bwd`: dO, dQ, dK, dV.
     grads: Option<[CudaSlice<bf16>; 4]>,
+    /// Key/value heads (`--heads-kv`).
+    heads_kv: usize,
+    /// The backward's mode (`--deterministic`).
+    deterministic: bool,
 }
 
 /// Device bytes one length needs: q, k, v, o (and dO, dQ, dK, dV with the backward), lse, the
@@ -254,13 +264,13 @@ impl Gpu {
             None
         };
         eprintln!("inputs for S <= {capacity} ready in {:.1} s", t0.elapsed().as_secs_f64());
-        Ok(Gpu { dev, stream, card, free, capacity, q, k, v, o, lse, grads })
+        Ok(Gpu { dev, stream, card, free, capacity, q, k, v, o, lse, grads, heads_kv: H, deterministic: false })
     }
 
     /// Median ms of `iters` timed forwards after 3 warm-ups, the plan's work item count, and with
     /// `--bwd` the median ms of as many forward + backward passes.
     fn time(&mut self, w: &Workload, s: usize, causal: bool, mask: Option<&[u8]>, iters: usize) -> block_sparse_attn::Result<(f64, u32, Option<f64>)> {
-        let mut spec = AttentionSpec::batched(1, s, s, H, H, D).with_causal(causal).with_patterns(w.patterns.clone());
+        let mut spec = AttentionSpec::batched(1, s, s, H, self.heads_kv, D).with_causal(causal).with_patterns(w.patterns.clone());
         let mask_buf = match mask {
             Some(m) => {
                 spec = spec.with_block_mask(1, H);
@@ -268,7 +278,7 @@ impl Gpu {
             }
             None => None,
         };
-        let attn = Attention::new(&self.dev, &self.stream, spec, mask_buf.as_ref())?;
+        let attn = Attention::new(&self.dev, &self.stream, spec, mask_buf.as_ref())?.with_deterministic_backward(self.deterministic);
         let (dev, stream) = (&self.dev, &self.stream);
         for _ in 0..3 {
             attn.forward(dev, stream, &self.q, &self.k, &self.v, &mut self.o, &mut self.lse)?;
@@ -351,7 +361,9 @@ fn run() -> block_sparse_attn::Result<()> {
     if args.iter().any(|a| a == "--help" || a == "-h") {
         println!("usage: attn-bench [--lens {DEFAULT_LENS}] [--causal true|false|both] [--iters 20] [--only SUBSTR] [--bwd]");
         println!("                  [--variant portable|portable-bwd|ENTRY:KEY_TILE:THREADS] [--json bench.jsonl] [--dump-masks DIR [--dump-only]]");
-        println!("--bwd also times forward + backward (column fwd+bwd, JSON fwd_bwd_ms)");
+        println!("                  [--deterministic] [--heads-kv 32]");
+        println!("--bwd also times forward + backward (column fwd+bwd, JSON fwd_bwd_ms); --deterministic runs the backward's");
+        println!("deterministic mode; --heads-kv N: 32 query heads over N key/value heads (GQA/MQA)");
         return Ok(());
     }
     let lens: Vec<usize> = arg(&args, "--lens").unwrap_or(DEFAULT_LENS).split(',').map(|s| s.trim().parse().expect("--lens")).collect();
@@ -369,12 +381,18 @@ fn run() -> block_sparse_attn::Result<()> {
     assert!(!dump_only || dump_dir.is_some(), "--dump-only needs --dump-masks DIR");
     let variant = arg(&args, "--variant");
     let bwd = args.iter().any(|a| a == "--bwd");
+    let deterministic = args.iter().any(|a| a == "--deterministic");
+    let heads_kv: usize = arg(&args, "--heads-kv").map_or(H, |s| s.parse().expect("--heads-kv"));
+    assert!(heads_kv > 0 && H % heads_kv == 0, "--heads-kv must divide {H}");
 
     let mut manifest = dump_dir.as_ref().map(|dir| {
         std::fs::create_dir_all(dir).expect("create the --dump-masks directory");
         File::create(dir.join("manifest.jsonl")).expect("create manifest.jsonl")
     });
     let mut gpu = if dump_only { None } else { Some(Gpu::new(variant, &lens, bwd)?) };
+    if let Some(g) = gpu.as_mut() {
+        (g.heads_kv, g.deterministic) = (heads_kv, deterministic);
+    }
     let json_path = arg(&args, "--json").unwrap_or("bench.jsonl");
     let mut json = gpu.as_ref().map(|_| File::create(json_path).expect("create the --json file"));
     if gpu.is_some() {
@@ -427,6 +445,10 @@ fn run() -> block_sparse_attn::Result<()> {
                 record["iters"] = iters.into();
                 if let Some(v) = variant {
                     record["variant"] = v.into();
+                }
+                record["H_kv"] = heads_kv.into();
+                if bwd {
+                    record["deterministic"] = deterministic.into();
                 }
                 if fits == Some(false) {
                     record["error"] = format!("skipped: needs about {:.1} GiB, {:.1} GiB free", gib(bytes_needed(s, bwd)), gib(g.free)).into();

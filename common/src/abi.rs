@@ -33,14 +33,31 @@ pub struct SeqInfo {
     pub k_len: i32,
 }
 
-/// One unit of forward work: one 128-row query block of one (batch, query head).
+/// One unit of work: for the forward and dQ kernels one 128-row query block of one (batch,
+/// query head); for the dK/dV kernels one key tile of one (batch, kv head), `q_block` being the
+/// key tile.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct WorkItem {
     pub batch: u32,
     pub head: u32,
     pub q_block: u32,
-    pub _pad: u32,
+    /// Key-side items: the query heads of the GQA group this item sums, `first | end << 16`
+    /// (indices within the group); 0 (and always, for query-side items): the whole group.
+    pub group_part: u32,
+}
+
+impl WorkItem {
+    /// The query heads `first..end` (within a group of `group`) a key-side item sums.
+    #[inline(always)]
+    pub fn group_heads(&self, group: u32) -> (u32, u32) {
+        if self.group_part == 0 { (0, group) } else { (self.group_part & 0xffff, self.group_part >> 16) }
+    }
+
+    /// `group_part` for the query heads `first..end` of a group.
+    pub fn pack_group_part(first: u32, end: u32) -> u32 {
+        first | end << 16
+    }
 }
 
 /// Strides in elements of a `[batch, token, head, dim]` tensor (the dim stride is 1).
@@ -130,7 +147,24 @@ pub struct BwdParams {
     pub kv_items: u64,
     /// `softmax_scale` itself (dQ and dK are scaled by it).
     pub scale: f32,
-    pub _pad: u32,
+    /// Nonzero: `dk` and `dv` are zeroed `f32` buffers laid out like `k` and `v` (the same
+    /// strides), to which each key-side item adds its part of the group's sum with
+    /// `red.global.add.f32` (the fast mode, where a group is split over several items: the order
+    /// of the additions, so the last bits, vary run to run). Zero: items store `dk`, `dv` in the
+    /// input type.
+    pub accumulate: u32,
+}
+
+/// Threads per CTA of `attn_cast_f32_*` (each converts two values per step).
+pub const CAST_THREADS: usize = 256;
+
+/// Parameters of `attn_cast_f32_{bf16,f16}`: `n` `f32` values at `src` rounded to `dst`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CastParams {
+    pub src: u64,
+    pub dst: u64,
+    pub n: u64,
 }
 
 /// Keys per `bwd_dkdv` CTA (and query rows per query tile it walks).
@@ -247,6 +281,8 @@ pub const fn hopper_dkdv_smem_bytes(d: usize) -> usize {
 
 /// K/V stages of the Hopper dQ kernel's ring (two: Q and dO take the room of the third).
 pub const HOPPER_DQ_STAGES: usize = 2;
+/// Q/dO slots of the Hopper dQ kernel.
+pub const HOPPER_DQ_Q_TILES: usize = 1;
 
 /// Parameters of the Hopper dQ kernel, passed by value: the forward's (its tensor maps are Q, K,
 /// V and dO, all in 128-row boxes; its items are the forward's query blocks) and the gradient's.
@@ -266,5 +302,5 @@ pub struct HopperDqParams {
 /// Dynamic shared memory of the Hopper dQ kernel at head dim `d`: Q, dO, the K and V rings, then
 /// the barriers, the tile ring and the item slot (as [`hopper_fwd_smem_bytes`]).
 pub const fn hopper_dq_smem_bytes(d: usize) -> usize {
-    (2 * HOPPER_Q_TILES * HOPPER_ROWS + 2 * HOPPER_DQ_STAGES * HOPPER_KEYS) * d * 2 + 1024
+    (2 * HOPPER_DQ_Q_TILES * HOPPER_ROWS + 2 * HOPPER_DQ_STAGES * HOPPER_KEYS) * d * 2 + 1024
 }

@@ -98,11 +98,26 @@ pub struct Attention {
     /// The same for the mask's columns (per key block, its query blocks), for the backward.
     lists_t: CudaSlice<i32>,
     counts_t: CudaSlice<i32>,
-    /// Backward work: (batch, kv head, 64-key tile), heaviest first.
-    kv_items: CudaSlice<u32>,
-    n_kv_items: u32,
+    /// Backward key-side work of the portable dK/dV kernel (64-key tiles).
+    kv_items: KvLists,
     /// The same for the Hopper dK/dV kernel's 128-key tiles (Hopper path only).
-    kv_items_wide: Option<(CudaSlice<u32>, u32)>,
+    kv_items_wide: Option<KvLists>,
+    /// Whether [`Attention::backward`] runs in its deterministic mode.
+    deterministic: bool,
+}
+
+/// A work list on the device and its length.
+struct DeviceList {
+    items: CudaSlice<u32>,
+    len: u32,
+}
+
+/// The key-side work lists of one tile size: one item per (batch, kv head, key tile), and, where
+/// that would leave SMs idle (few kv heads, short sequences), the same tiles with each GQA group
+/// split over several items (the fast mode's list).
+struct KvLists {
+    whole: DeviceList,
+    split: Option<DeviceList>,
 }
 
 impl Attention {
@@ -138,11 +153,18 @@ impl Attention {
         let seqs: Vec<_> = (0..spec.batch()).map(|b| spec.seq(b)).collect();
         let heads: Vec<_> = spec.patterns.iter().map(|p| p.rule()).collect();
         let items = work_items(&spec, counts_host.as_deref());
-        let kv_items = kv_work_items(&spec, attn_common::BWD_KEYS);
-        let kv_items_wide = (device.path() == crate::KernelPath::Hopper).then(|| kv_work_items(&spec, attn_common::HOPPER_BWD_KEYS));
         let upload = |w: Vec<u32>| -> Result<CudaSlice<u32>> {
             Ok(if w.is_empty() { stream.alloc_zeros::<u32>(4)? } else { stream.clone_htod(&w)? })
         };
+        let upload_list = |items: &[attn_common::WorkItem]| -> Result<DeviceList> { Ok(DeviceList { items: upload(words(items))?, len: items.len() as u32 }) };
+        let kv_lists = |tile: usize| -> Result<KvLists> {
+            let whole = kv_work_items(&spec, tile, 1);
+            let parts = group_parts(spec.group(), whole.len(), device.sm_count() as usize);
+            let split = if parts > 1 { Some(upload_list(&kv_work_items(&spec, tile, parts))?) } else { None };
+            Ok(KvLists { whole: upload_list(&whole)?, split })
+        };
+        let kv_items = kv_lists(attn_common::BWD_KEYS)?;
+        let kv_items_wide = if device.path() == crate::KernelPath::Hopper { Some(kv_lists(attn_common::HOPPER_BWD_KEYS)?) } else { None };
         let (lists_t, counts_t) = match transposed {
             Some(t) => t,
             None => (stream.alloc_zeros::<i32>(1)?, stream.alloc_zeros::<i32>(1)?),
@@ -156,14 +178,26 @@ impl Attention {
             counts,
             lists_t,
             counts_t,
-            n_kv_items: kv_items.len() as u32,
-            kv_items: upload(words(&kv_items))?,
-            kv_items_wide: match kv_items_wide {
-                Some(w) => Some((upload(words(&w))?, w.len() as u32)),
-                None => None,
-            },
+            kv_items,
+            kv_items_wide,
+            deterministic: false,
             spec,
         })
+    }
+
+    /// Chooses the backward's mode. Deterministic: every dK/dV item sums its whole GQA group in a
+    /// fixed order, so gradients are bitwise identical run to run. Off (the default): where the
+    /// key tiles alone would leave SMs idle (few kv heads, short sequences), each group is split
+    /// over several items that add their parts to `f32` sums with atomics — faster, but the last
+    /// bits of `dk` and `dv` may vary run to run. `dq` is deterministic in both modes.
+    pub fn with_deterministic_backward(mut self, on: bool) -> Self {
+        self.deterministic = on;
+        self
+    }
+
+    /// Whether the backward runs in its deterministic mode.
+    pub fn deterministic_backward(&self) -> bool {
+        self.deterministic
     }
 
     /// The validated shape this plan serves.
@@ -339,10 +373,11 @@ impl Attention {
         }
     }
 
-    /// Backward pass (deterministic) on contiguous tensors laid out as for
-    /// [`Attention::forward`]: from `d_o` (like `o`) and the forward's `o` and `lse`, writes `dq`
-    /// (like `q`), `dk` and `dv` (like `k`, `v`). GQA gradients are summed over each group in a
-    /// fixed order, so results are bitwise reproducible.
+    /// Backward pass on contiguous tensors laid out as for [`Attention::forward`]: from `d_o`
+    /// (like `o`) and the forward's `o` and `lse`, writes `dq` (like `q`), `dk` and `dv` (like
+    /// `k`, `v`; GQA gradients summed over each group). Bitwise reproducible in the
+    /// deterministic mode ([`Attention::with_deterministic_backward`]); in the default mode
+    /// `dk`, `dv` of GQA/MQA shapes may differ in the last bits run to run.
     #[allow(clippy::too_many_arguments)]
     pub fn backward<T: Element>(
         &self,
@@ -389,7 +424,6 @@ impl Attention {
         let (cp, _g12) = self.counts.device_ptr(stream);
         let (ltp, _g13) = self.lists_t.device_ptr(stream);
         let (ctp, _g14) = self.counts_t.device_ptr(stream);
-        let (kvp, _g15) = self.kv_items.device_ptr(stream);
         let tables = self.tables(stream);
         let io = [(qp, qs), (kp, ks), (vp, ks), (op, qs)];
         let f = self.fwd_params(&tables.ptrs(), io, lsep, (lp, cp));
@@ -404,9 +438,9 @@ impl Attention {
             dv: dvp,
             dv_strides: ks,
             dsum: dsp,
-            kv_items: kvp,
+            kv_items: 0,
             scale: spec.scale(),
-            _pad: 0,
+            accumulate: 0,
         };
         let d = kernels.head_dim;
         if self.n_items > 0 {
@@ -432,41 +466,73 @@ impl Attention {
                 unsafe { stream.launch_builder(&kernels.dq).arg(&arg).launch(cfg)? };
             }
         }
-        if self.n_kv_items > 0 {
+        if self.kv_items.whole.len > 0 {
             // The key-side walk reads the mask's columns.
             bp.f.block_lists = ltp;
             bp.f.block_counts = ctp;
             let maps = [((qp, qs), true, BQ), ((dop, qs), true, BQ), ((kp, ks), false, BK), ((vp, ks), false, BK)];
-            // The 128-key work list exists when the plan was made on a Hopper-path device.
+            // The 128-key work lists exist when the plan was made on a Hopper-path device.
             let hopper = self.kv_items_wide.as_ref().and_then(|w| Some((self.hopper_maps::<T>(device.hopper_dkdv_kernel(T::KERNEL, spec.head_dim), &maps)?, w)));
-            if let Some(((kernel, maps), (items, n))) = hopper {
-                let (ip, _g16) = items.device_ptr(stream);
-                bp.kv_items = ip;
+            let lists = hopper.as_ref().map_or(&self.kv_items, |(_, w)| w);
+            let (list, sums) = match (&lists.split, self.deterministic) {
+                (Some(split), false) => (split, Some((stream.alloc_zeros::<f32>(spec.kv_len())?, stream.alloc_zeros::<f32>(spec.kv_len())?))),
+                _ => (&lists.whole, None),
+            };
+            let (ip, _g16) = list.items.device_ptr(stream);
+            bp.kv_items = ip;
+            let (skp, _g17) = sums.as_ref().map(|(k, _)| k.device_ptr(stream)).unzip();
+            let (svp, _g18) = sums.as_ref().map(|(_, v)| v.device_ptr(stream)).unzip();
+            if let (Some(skp), Some(svp)) = (skp, svp) {
+                (bp.dk, bp.dv, bp.accumulate) = (skp, svp, 1);
+            }
+            if let Some(((kernel, maps), _)) = hopper {
                 let bytes = upload_maps(stream, &maps)?; // Q, dO, K, V
-                let (mp, _g17) = bytes.device_ptr(stream);
-                let hp = HopperBwdParams { b: bp, tensor_maps: mp, counter: counter_at(mp, &maps), n_items: *n, packed: spec.is_varlen() as u32 };
-                let cfg = LaunchConfig { grid_dim: ((*n).min(device.sm_count()), 1, 1), block_dim: (HOPPER_THREADS, 1, 1), shared_mem_bytes: kernel.smem as u32 };
+                let (mp, _g19) = bytes.device_ptr(stream);
+                let hp = HopperBwdParams { b: bp, tensor_maps: mp, counter: counter_at(mp, &maps), n_items: list.len, packed: spec.is_varlen() as u32 };
+                let cfg = LaunchConfig { grid_dim: (list.len.min(device.sm_count()), 1, 1), block_dim: (HOPPER_THREADS, 1, 1), shared_mem_bytes: kernel.smem as u32 };
                 let arg = ByValue(hp);
                 unsafe { stream.launch_builder(&kernel.func).arg(&arg).launch(cfg)? };
-                return Ok(());
+            } else {
+                let cfg = LaunchConfig { grid_dim: (list.len, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: attn_common::bwd_dkdv_smem_bytes(d) as u32 };
+                let arg = ByValue(bp);
+                unsafe { stream.launch_builder(&kernels.dkdv).arg(&arg).launch(cfg)? };
             }
-            let cfg = LaunchConfig {
-                grid_dim: (self.n_kv_items, 1, 1),
-                block_dim: (128, 1, 1),
-                shared_mem_bytes: attn_common::bwd_dkdv_smem_bytes(d) as u32,
-            };
-            let arg = ByValue(bp);
-            unsafe { stream.launch_builder(&kernels.dkdv).arg(&arg).launch(cfg)? };
+            if let (Some(skp), Some(svp)) = (skp, svp) {
+                cast_f32(device, stream, T::KERNEL, skp, dkp, spec.kv_len())?;
+                cast_f32(device, stream, T::KERNEL, svp, dvp, spec.kv_len())?;
+            }
         }
         Ok(())
     }
 }
 
-/// Backward key-side work: every `tile`-key tile of every (batch, kv head), heaviest first by
-/// the number of query rows that may see it (all of them without causal, those at or below the
-/// key under causal).
-fn kv_work_items(spec: &AttentionSpec, tile: usize) -> Vec<attn_common::WorkItem> {
+/// Rounds `n` `f32` values at `src` to the input type at `dst`.
+fn cast_f32(device: &Device, stream: &Arc<CudaStream>, dtype: usize, src: u64, dst: u64, n: usize) -> Result<()> {
+    let threads = attn_common::CAST_THREADS;
+    let blocks = n.div_ceil(2 * threads).clamp(1, 8 * device.sm_count() as usize);
+    let cfg = LaunchConfig { grid_dim: (blocks as u32, 1, 1), block_dim: (threads as u32, 1, 1), shared_mem_bytes: 0 };
+    let arg = ByValue(attn_common::CastParams { src, dst, n: n as u64 });
+    unsafe { stream.launch_builder(&device.cast[dtype]).arg(&arg).launch(cfg)? };
+    Ok(())
+}
+
+/// How many parts to split each GQA group (of `group` query heads) into, for `items` key tiles
+/// on `sms` SMs: enough that the split list has about three items per SM (so heaviest-first
+/// scheduling balances the causal tiles' unequal weights), at most one head per part.
+fn group_parts(group: usize, items: usize, sms: usize) -> usize {
+    if items == 0 {
+        return 1;
+    }
+    (3 * sms).div_ceil(items).clamp(1, group.max(1))
+}
+
+/// Backward key-side work: every `tile`-key tile of every (batch, kv head), its GQA group split
+/// into `parts` items of consecutive query heads (`parts` = 1: one item per tile), heaviest first
+/// by the query rows its heads may see (all rows without causal, those at or below the key
+/// under causal).
+fn kv_work_items(spec: &AttentionSpec, tile: usize, parts: usize) -> Vec<attn_common::WorkItem> {
     let tile = tile as i64;
+    let group = spec.group();
     let mut items = Vec::new();
     for b in 0..spec.batch() {
         let s = spec.seq(b);
@@ -474,11 +540,16 @@ fn kv_work_items(spec: &AttentionSpec, tile: usize) -> Vec<attn_common::WorkItem
         for kvh in 0..spec.heads_kv {
             for kt in 0..(sk + tile - 1) / tile {
                 let rows = if spec.causal { (sq - (kt * tile - (sk - sq)).max(0)).max(0) } else { sq };
-                items.push((rows, attn_common::WorkItem { batch: b as u32, head: kvh as u32, q_block: kt as u32, _pad: 0 }));
+                for part in 0..parts {
+                    let (first, end) = (part * group / parts, (part + 1) * group / parts);
+                    let group_part = if parts == 1 { 0 } else { attn_common::WorkItem::pack_group_part(first as u32, end as u32) };
+                    let item = attn_common::WorkItem { batch: b as u32, head: kvh as u32, q_block: kt as u32, group_part };
+                    items.push((rows * (end - first) as i64, item));
+                }
             }
         }
     }
-    items.sort_by_key(|&(rows, _)| std::cmp::Reverse(rows));
+    items.sort_by_key(|&(weight, _)| std::cmp::Reverse(weight));
     items.into_iter().map(|(_, it)| it).collect()
 }
 
@@ -529,38 +600,62 @@ mod tests {
     use super::*;
 
     /// The key-side work lists of both tile sizes (64 for the portable dK/dV kernel, 128 for the
-    /// Hopper one) hold every (batch, kv head, key tile) exactly once, heaviest first.
+    /// Hopper one), whole or with the groups split, hold every (batch, kv head, key tile, query
+    /// head of the group) exactly once, heaviest first.
     #[test]
-    fn kv_work_items_cover_every_key_tile_once_heaviest_first() {
+    fn kv_work_items_cover_every_key_tile_and_head_once_heaviest_first() {
         let specs = [
             AttentionSpec::batched(2, 300, 257, 4, 2, 64).with_causal(true),
             AttentionSpec::batched(1, 128, 1000, 2, 1, 128),
+            AttentionSpec::batched(1, 700, 700, 7, 1, 64).with_causal(true),
             AttentionSpec::varlen(vec![0, 5, 300, 300, 1200], vec![0, 129, 500, 640, 1400], 8, 2, 128).with_causal(true),
         ];
         for spec in &specs {
             for tile in [attn_common::BWD_KEYS, attn_common::HOPPER_BWD_KEYS] {
-                let items = kv_work_items(spec, tile);
-                let mut want = Vec::new();
-                for b in 0..spec.batch() {
-                    let tiles = (spec.seq(b).k_len as usize).div_ceil(tile);
-                    for h in 0..spec.heads_kv {
-                        want.extend((0..tiles).map(|t| (b as u32, h as u32, t as u32)));
+                for parts in 1..=spec.group() {
+                    let items = kv_work_items(spec, tile, parts);
+                    let mut want = Vec::new();
+                    for b in 0..spec.batch() {
+                        let tiles = (spec.seq(b).k_len as usize).div_ceil(tile);
+                        for h in 0..spec.heads_kv {
+                            for g in 0..spec.group() as u32 {
+                                want.extend((0..tiles).map(|t| (b as u32, h as u32, t as u32, g)));
+                            }
+                        }
                     }
+                    let mut got = Vec::new();
+                    for i in &items {
+                        let (first, end) = i.group_heads(spec.group() as u32);
+                        assert!(first < end, "empty part {i:?}");
+                        got.extend((first..end).map(|g| (i.batch, i.head, i.q_block, g)));
+                    }
+                    assert_eq!(items.len(), want.len() / spec.group() * parts, "tile {tile}, {parts} parts");
+                    got.sort();
+                    want.sort();
+                    assert_eq!(got, want, "tile {tile}, {parts} parts, spec {spec:?}");
+                    // Weight, counted row by row: the query rows that may see the tile's first
+                    // key (all of them, or under causal those whose bottom-right aligned position
+                    // i + Sk - Sq reaches it), times the heads of the part.
+                    let weight = |i: &attn_common::WorkItem| {
+                        let s = spec.seq(i.batch as usize);
+                        let j0 = (i.q_block as usize * tile) as i32;
+                        let (first, end) = i.group_heads(spec.group() as u32);
+                        (0..s.q_len).filter(|&r| !spec.causal || r + s.k_len - s.q_len >= j0).count() * (end - first) as usize
+                    };
+                    assert!(items.windows(2).all(|w| weight(&w[0]) >= weight(&w[1])), "tile {tile}: not heaviest first");
                 }
-                let mut got: Vec<_> = items.iter().map(|i| (i.batch, i.head, i.q_block)).collect();
-                got.sort();
-                want.sort();
-                assert_eq!(got, want, "tile {tile}, spec {spec:?}");
-                // Weight, counted row by row: the query rows that may see the tile's first key
-                // (all of them, or under causal those whose bottom-right aligned position
-                // i + Sk - Sq reaches it).
-                let rows = |i: &attn_common::WorkItem| {
-                    let s = spec.seq(i.batch as usize);
-                    let j0 = (i.q_block as usize * tile) as i32;
-                    (0..s.q_len).filter(|&r| !spec.causal || r + s.k_len - s.q_len >= j0).count()
-                };
-                assert!(items.windows(2).all(|w| rows(&w[0]) >= rows(&w[1])), "tile {tile}: not heaviest first");
             }
         }
+    }
+
+    /// Groups are split only as far as needed for about three items per SM, never below one head
+    /// per item.
+    #[test]
+    fn group_parts_fill_the_gpu_without_empty_parts() {
+        assert_eq!(group_parts(1, 10, 132), 1); // MHA: nothing to split
+        assert_eq!(group_parts(32, 64, 132), 7); // MQA at 8k: 64 tiles → 448 items
+        assert_eq!(group_parts(4, 512, 132), 1); // GQA at 8k with 8 kv heads: already full
+        assert_eq!(group_parts(4, 2, 132), 4); // at most one head per item
+        assert_eq!(group_parts(8, 0, 132), 1);
     }
 }

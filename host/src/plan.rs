@@ -240,7 +240,7 @@ pub fn work_items(spec: &AttentionSpec, counts: Option<&[i32]>) -> Vec<WorkItem>
             group_bytes += head_bytes;
             for qb in 0..q_blocks {
                 let cost = item_cost(spec, counts, b, h, qb);
-                items.push(((group, std::cmp::Reverse(cost)), WorkItem { batch: b as u32, head: h as u32, q_block: qb as u32, _pad: 0 }));
+                items.push(((group, std::cmp::Reverse(cost)), WorkItem { batch: b as u32, head: h as u32, q_block: qb as u32, group_part: 0 }));
             }
         }
     }

@@ -1,4 +1,5 @@
-//! Backward kernels (portable mma.sync path), deterministic by construction: no atomics.
+//! Backward kernels (portable mma.sync path). Deterministic by construction (no atomics) except
+//! in the fast mode's dK/dV, where a GQA group split over several items is summed with atomics.
 //!
 //! - `bwd_dsum`: D_i = dO_i · O_i per query row (f32, laid out like lse).
 //! - `bwd_dq`: one CTA per forward work item (128 query rows of one head) walks the same key
@@ -7,13 +8,15 @@
 //! - `bwd_dkdv`: one CTA per (batch, kv head, 64-key tile) walks, for every query head of the
 //!   GQA group in order, the 64-row query tiles that see the key tile (the transposed plan):
 //!   Sᵀ = K Qᵀ, Pᵀ, dV += Pᵀ dO, dPᵀ = V dOᵀ, dSᵀ = Pᵀ ∘ (dPᵀ − D), dK += dSᵀ Q. Summing the group
-//!   in a fixed order inside one CTA makes the GQA reduction deterministic.
+//!   in a fixed order inside one CTA makes the GQA reduction deterministic; in the fast mode an
+//!   item may take part of the group and add its dK, dV to `f32` sums (`BwdParams::accumulate`).
+//! - `cast_f32`: those sums rounded to the input type.
 //!
 //! Rows with lse = -inf (they saw no key) get P = 0 and contribute nothing.
 use core::mem::offset_of;
 
 use attn_common::{
-    BLK, BWD_KEYS, BwdParams, FWD_CTX_BYTES, KIND_BLOCK_SPARSE, RowSpan, RowWindow, SeqInfo, WorkItem,
+    BLK, BWD_KEYS, BwdParams, CAST_THREADS, CastParams, FWD_CTX_BYTES, KIND_BLOCK_SPARSE, RowSpan, RowWindow, SeqInfo, WorkItem,
     row_window,
 };
 
@@ -21,7 +24,8 @@ use crate::arch::cp_async::{commit, wait_group};
 use crate::arch::math::{exp2, fma};
 use crate::arch::mma::Element;
 use crate::arch::smem::{dynamic_smem, ld_shared_u32, smem_u32};
-use crate::arch::sync::{bar_sync, block_idx, opaque, shfl_xor, thread_idx};
+use crate::arch::global::red_add_f32;
+use crate::arch::sync::{bar_sync, block_idx, grid_dim, opaque, shfl_xor, thread_idx};
 use crate::gemm::{Acc, a_bt, lanes, p_b, pack_a, packed_b};
 use crate::item::{BM, ItemCtx, RowTile, advance_kv, ctx_i32, elem_offset, head_rule, load_item, mask_scores, setup_query_item, start_kv};
 use crate::tiles::load_tile;
@@ -64,6 +68,60 @@ fn store_rows<E: Element, const MT: usize, const DN: usize>(
                 }
             }
         }
+    }
+}
+
+/// As [`store_rows`], but adds the values (times `scale`) to `f32` rows with
+/// `red.global.add.f32` (the fast backward's dK/dV sums).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn add_rows<const MT: usize, const DN: usize>(
+    acc: &Acc<MT, DN>,
+    scale: f32,
+    base: u64,
+    row_elem: impl Fn(i32) -> i64,
+    row0: u32,
+    lane: u32,
+    valid_rows: i32,
+    valid_chunks: u32,
+) {
+    for (mt, tile) in acc.iter().enumerate() {
+        for h in 0..2 {
+            let r = (row0 + mt as u32 * 16 + lane / 4 + 8 * h as u32) as i32;
+            if r >= valid_rows {
+                continue;
+            }
+            let row = base + 4 * row_elem(r) as u64;
+            for (chunk, frag) in tile.iter().enumerate() {
+                if (chunk as u32) < valid_chunks {
+                    let at = row + 4 * (chunk as u64 * 8 + (lane % 4) as u64 * 2);
+                    unsafe {
+                        red_add_f32(at, frag[2 * h] * scale);
+                        red_add_f32(at + 4, frag[2 * h + 1] * scale);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `n` `f32` values rounded to `E`, two per thread and step of a grid-stride loop (the fast
+/// backward's dK/dV sums to the caller's type).
+#[inline(always)]
+pub unsafe fn cast_f32<E: Element>(p: &CastParams) {
+    let threads = CAST_THREADS as u64;
+    let step = 2 * grid_dim() as u64 * threads;
+    let mut i = 2 * (block_idx() as u64 * threads + thread_idx() as u64);
+    while i < p.n {
+        let src = p.src as *const f32;
+        unsafe {
+            if i + 1 < p.n {
+                *((p.dst + 2 * i) as *mut u32) = E::pack2(*src.add(i as usize), *src.add(i as usize + 1));
+            } else {
+                *((p.dst + 2 * i) as *mut u16) = E::pack2(*src.add(i as usize), 0.0) as u16;
+            }
+        }
+        i += step;
     }
 }
 
@@ -191,6 +249,7 @@ pub unsafe fn bwd_dq<E: Element, const D: usize, const DN: usize, const DK: usiz
 struct KvWalk {
     /// Index of the current head within the group (`group` when done).
     h: u32,
+    /// End of the heads this item sums (the group size, or the end of its part of the group).
     group: u32,
     first_head: u32,
     batch: u32,
@@ -348,9 +407,10 @@ pub unsafe fn bwd_dkdv<E: Element, const D: usize, const DN: usize, const DK: us
         let causal = p.causal != 0;
         // Under causal, row i sees no key past i + Sk - Sq: skip the query tiles above.
         let qt_start = if causal { (j0 - seq.k_len + seq.q_len).max(0) / bq } else { 0 };
+        let (g0, g1) = item.group_heads(p.group);
         let mut walk = KvWalk {
-            h: 0,
-            group: p.group,
+            h: g0,
+            group: g1,
             first_head: item.head * p.group,
             batch: item.batch,
             qt: qt_start,
@@ -486,7 +546,12 @@ pub unsafe fn bwd_dkdv<E: Element, const D: usize, const DN: usize, const DK: us
     let (lane, warp) = (tid % 32, tid / 32);
     let rows = seq.k_len - j0;
     let dk_row = |r: i32| elem_offset(&bp.dk_strides, item.batch, seq.k_start + j0 + r, item.head);
-    store_rows::<E, MT, DN>(&dk, bp.scale, bp.dk, dk_row, warp * 16, lane, rows, valid_chunks);
     let dv_row = |r: i32| elem_offset(&bp.dv_strides, item.batch, seq.k_start + j0 + r, item.head);
-    store_rows::<E, MT, DN>(&dv, 1.0, bp.dv, dv_row, warp * 16, lane, rows, valid_chunks);
+    if bp.accumulate != 0 {
+        add_rows::<MT, DN>(&dk, bp.scale, bp.dk, dk_row, warp * 16, lane, rows, valid_chunks);
+        add_rows::<MT, DN>(&dv, 1.0, bp.dv, dv_row, warp * 16, lane, rows, valid_chunks);
+    } else {
+        store_rows::<E, MT, DN>(&dk, bp.scale, bp.dk, dk_row, warp * 16, lane, rows, valid_chunks);
+        store_rows::<E, MT, DN>(&dv, 1.0, bp.dv, dv_row, warp * 16, lane, rows, valid_chunks);
+    }
 }

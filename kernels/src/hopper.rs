@@ -22,9 +22,10 @@ use attn_common::{
 };
 
 use crate::arch::math::{exp2, fma, log2};
+use crate::arch::global::{red_add_f32, st_global_v4};
 use crate::arch::mma::Element;
 use crate::arch::smem::{dynamic_smem, ld_shared_u32, smem_u32};
-use crate::arch::sync::{bar_sync, block_idx, next_work_item, shfl_idx, shfl_xor, thread_idx, vote_any};
+use crate::arch::sync::{bar_sync, block_idx, next_work_item, quad_transpose, shfl_idx, shfl_xor, thread_idx, vote_any};
 use crate::arch::tma::{fence_mbar_init, mbar_arrive, mbar_arrive_expect_tx, mbar_init, mbar_wait, prefetch_tensormap, setmaxnreg_dec, setmaxnreg_inc, tma_load_4d};
 use crate::arch::wgmma::{self, Keep, WgElement, desc, keep};
 use crate::item::{self, elem_offset, head_rule, item_walk};
@@ -34,7 +35,7 @@ const LN2: f32 = core::f32::consts::LN_2;
 /// (log2 units) past the max they are kept against.
 const RESCALE_SLACK: f32 = 8.0;
 const NS: u32 = HOPPER_STAGES as u32;
-pub(crate) const NQ: u32 = HOPPER_Q_TILES as u32;
+const NQ: u32 = HOPPER_Q_TILES as u32;
 pub(crate) const BK: i32 = HOPPER_KEYS as i32;
 /// Bytes of one 64-column block of a 128-row tile (rows of 128 bytes).
 pub(crate) const HALF: u32 = (HOPPER_ROWS * 128) as u32;
@@ -79,7 +80,7 @@ o_acc!(64, 128, mma_rs_n128);
 /// Q and dO for the backward's dQ kernel), `NS` K stages, `NS` V stages, then the barriers, the
 /// tile ring and the item slots.
 #[derive(Clone, Copy)]
-pub(crate) struct Smem<const NS: u32, const QT: u32> {
+pub(crate) struct Smem<const NS: u32, const QT: u32, const NQ: u32> {
     q: u32,
     pub(crate) k: u32,
     pub(crate) v: u32,
@@ -87,7 +88,7 @@ pub(crate) struct Smem<const NS: u32, const QT: u32> {
     bars: u32,
 }
 
-impl<const NS: u32, const QT: u32> Smem<NS, QT> {
+impl<const NS: u32, const QT: u32, const NQ: u32> Smem<NS, QT, NQ> {
     #[inline(always)]
     pub(crate) fn new(base: u32, d: usize) -> Self {
         // Q tiles and K/V tiles share one size and one column-block stride (`HALF`).
@@ -196,14 +197,14 @@ pub(crate) use specialise;
 
 #[inline(always)]
 pub unsafe fn attn_fwd_hopper<E: Element + WgElement, O: OAcc>(p: &HopperFwdParams) {
-    let sm = Smem::<NS, 1>::new(smem_u32(dynamic_smem()), O::D);
-    specialise!(sm, producer::<O, NS, 1>(p, sm), |c, t| consumer::<E, O>(p, sm, c, t));
+    let sm = Smem::<NS, 1, NQ>::new(smem_u32(dynamic_smem()), O::D);
+    specialise!(sm, producer::<O, NS, 1, NQ>(p, sm), |c, t| consumer::<E, O>(p, sm, c, t));
 }
 
 /// One thread: for each item, Q (and dO, `QT` = 2: tensor map 3) then every key tile of its
 /// walk, through the ring.
 #[inline(always)]
-pub(crate) unsafe fn producer<O: OAcc, const NS: u32, const QT: u32>(p: &HopperFwdParams, sm: Smem<NS, QT>) {
+pub(crate) unsafe fn producer<O: OAcc, const NS: u32, const QT: u32, const NQ: u32>(p: &HopperFwdParams, sm: Smem<NS, QT, NQ>) {
     let maps = p.tensor_maps;
     let (map_q, map_k, map_v) = (maps, maps + TENSOR_MAP_BYTES as u64, maps + 2 * TENSOR_MAP_BYTES as u64);
     unsafe {
@@ -309,7 +310,7 @@ pub(crate) unsafe fn lane0_read(addr: u32, lane: u32) -> u32 {
 /// Waits for the query-side tiles of the consumers' `n_item`-th item and reads its description
 /// (published by the producer with them); `None` once the work is done.
 #[inline(always)]
-pub(crate) unsafe fn next_item<const NS: u32, const QT: u32>(sm: Smem<NS, QT>, n_item: u32, lane: u32) -> Option<ItemInfo> {
+pub(crate) unsafe fn next_item<const NS: u32, const QT: u32, const NQ: u32>(sm: Smem<NS, QT, NQ>, n_item: u32, lane: u32) -> Option<ItemInfo> {
     let qb = n_item % NQ;
     unsafe { mbar_wait(sm.q_full(qb), (n_item / NQ) & 1) };
     let mut words = [0u32; INFO_WORDS];
@@ -330,7 +331,7 @@ pub(crate) fn row_windows(rule: HeadRule, causal: bool, seq: &SeqInfo, i: i32) -
 /// An item with no key tile (its rows see nothing): its ring entry (no copies behind it) and its
 /// query-side tiles go straight back to the producer.
 #[inline(always)]
-pub(crate) unsafe fn release_empty_item<const NS: u32, const QT: u32>(sm: Smem<NS, QT>, s: u32, qb: u32, lane: u32) {
+pub(crate) unsafe fn release_empty_item<const NS: u32, const QT: u32, const NQ: u32>(sm: Smem<NS, QT, NQ>, s: u32, qb: u32, lane: u32) {
     if lane == 0 {
         unsafe {
             mbar_arrive(sm.k_empty(s));
@@ -501,15 +502,41 @@ pub(crate) unsafe fn mma_rs_steps<E: WgElement, O: OAcc, const M: usize>(acc: &m
 }
 
 /// Writes row `h` (0: the thread's row g, 1: row g + 8) of a consumer's accumulator times
-/// `scale`, rounded to `E`, to the global row at address `row`: the thread's two columns of each
-/// of the first `valid_chunks` 8-column chunks (the real head dim).
+/// `scale`, rounded to `E`, to the global row at address `row` if `valid`: the first
+/// `valid_chunks` 8-column chunks (the real head dim). Each lane holds two columns of every
+/// chunk; a transpose among the quad's four lanes gives each lane whole chunks, stored 16 bytes
+/// at a time (four times fewer stores, whole 32-byte sectors). The shuffles run on every lane
+/// whatever `valid`: call it from converged code.
 #[inline(always)]
-pub(crate) unsafe fn store_acc_row<E: Element, O: OAcc>(acc: &mut O, h: usize, scale: f32, row: u64, lane: u32, valid_chunks: u32) {
+pub(crate) unsafe fn store_acc_row<E: Element, O: OAcc>(acc: &mut O, h: usize, scale: f32, row: u64, valid: bool, lane: u32, valid_chunks: u32) {
+    let v = acc.v();
+    let t = lane % 4;
+    for m in 0..O::D / 32 {
+        let mut a = [0u32; 4];
+        for (j, w) in a.iter_mut().enumerate() {
+            let n = 4 * m + j;
+            *w = E::pack2(v[4 * n + 2 * h] * scale, v[4 * n + 2 * h + 1] * scale);
+        }
+        let chunk = quad_transpose(a, t);
+        let n = (4 * m) as u32 + t;
+        if valid && n < valid_chunks {
+            unsafe { st_global_v4(row + 16 * n as u64, chunk) };
+        }
+    }
+}
+
+/// As [`store_acc_row`], but adds the values (times `scale`) to an `f32` row at address `row`
+/// with `red.global.add.f32`.
+#[inline(always)]
+pub(crate) unsafe fn add_acc_row<O: OAcc>(acc: &mut O, h: usize, scale: f32, row: u64, lane: u32, valid_chunks: u32) {
     let v = acc.v();
     for n in 0..O::D / 8 {
         if (n as u32) < valid_chunks {
-            let x = E::pack2(v[4 * n + 2 * h] * scale, v[4 * n + 2 * h + 1] * scale);
-            unsafe { *((row + 2 * (n as u64 * 8 + (lane % 4) as u64 * 2)) as *mut u32) = x };
+            let at = row + 4 * (n as u64 * 8 + (lane % 4) as u64 * 2);
+            unsafe {
+                red_add_f32(at, v[4 * n + 2 * h] * scale);
+                red_add_f32(at + 4, v[4 * n + 2 * h + 1] * scale);
+            }
         }
     }
 }
@@ -525,7 +552,7 @@ pub(crate) unsafe fn store_acc_row<E: Element, O: OAcc>(acc: &mut O, h: usize, s
 /// The two consumers are not made to take turns ("ping-pong" on named barriers, as in
 /// FlashAttention-3): measured on the H200 with split K/V rings it cost 5-20% (docs/perf-notes.md).
 #[inline(always)]
-unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperFwdParams, sm: Smem<NS, 1>, c: u32, t: u32) {
+unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperFwdParams, sm: Smem<NS, 1, NQ>, c: u32, t: u32) {
     let (warp, lane) = (t / 32, t % 32);
     let row = (c * 64 + warp * 16 + lane / 4) as i32; // and row + 8
     let tile_bytes = sm.tile_bytes;
@@ -620,13 +647,11 @@ unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperFwdParams, sm: Sme
             sum += shfl_xor(sum, 1);
             sum += shfl_xor(sum, 2);
             let i = i0 + row + 8 * h as i32;
-            if i >= seq.q_len {
-                continue;
-            }
+            let valid = i < seq.q_len;
             let (inv, lse) = if sum > 0.0 { (1.0 / sum, (r.m[h] + log2(sum)) * LN2) } else { (0.0, f32::NEG_INFINITY) };
             let o_row = f.o + 2 * elem_offset(&f.o_strides, item.batch, seq.q_start + i, item.head) as u64;
-            unsafe { store_acc_row::<E, O>(&mut o, h, inv, o_row, lane, valid_chunks) };
-            if lane % 4 == 0 {
+            unsafe { store_acc_row::<E, O>(&mut o, h, inv, o_row, valid, lane, valid_chunks) };
+            if valid && lane % 4 == 0 {
                 let at = item.batch as i64 * f.lse_batch + item.head as i64 * f.lse_head + (seq.q_start + i) as i64;
                 unsafe { *(f.lse as *mut f32).add(at as usize) = lse };
             }

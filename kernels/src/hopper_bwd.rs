@@ -15,7 +15,8 @@
 //!   registers and dO read MN-major;
 //! - dSᵀ = Pᵀ ∘ (dPᵀ − D), dK += dSᵀ Q likewise.
 //! Summing the group inside one CTA in a fixed order keeps the GQA reduction deterministic: no
-//! atomics. Rows past the sequence get lse = +inf, so their P and dS are 0.
+//! atomics. In the fast mode an item may sum part of the group (`WorkItem::group_part`, so that
+//! few kv heads still fill the GPU) and adds its dK, dV to `f32` sums with atomics. Rows past the sequence get lse = +inf, so their P and dS are 0.
 use attn_common::{
     BLK, HOPPER_BWD_KEYS, HOPPER_BWD_QUERIES, HOPPER_BWD_SIDE_BYTES, HOPPER_BWD_STAGES, HopperBwdParams, KIND_BLOCK_SPARSE, KeySpan,
     QueryTileWalk, RowWindow, SeqInfo, TENSOR_MAP_BYTES, WorkItem, row_window,
@@ -28,7 +29,7 @@ use crate::arch::sync::{bar_sync, block_idx, next_work_item, opaque, thread_idx}
 use crate::arch::tma::{fence_mbar_init, mbar_arrive, mbar_arrive_expect_tx, mbar_init, mbar_wait, prefetch_tensormap, setmaxnreg_dec, setmaxnreg_inc, tma_load_4d};
 use crate::arch::wgmma::{self, WgElement, desc, keep};
 use crate::bwd::lse2;
-use crate::hopper::{OAcc, mma_rs_steps, pack_a, shared_ptr, store_acc_row};
+use crate::hopper::{OAcc, add_acc_row, mma_rs_steps, pack_a, shared_ptr, store_acc_row};
 use crate::item::{elem_offset, head_rule};
 
 const NS: u32 = HOPPER_BWD_STAGES as u32;
@@ -190,7 +191,8 @@ unsafe fn walker<O: OAcc>(p: &HopperBwdParams, sm: Smem) {
                 tma_load_4d(sm.v + h * HALF_KV, map(3), sm.kv_full(), c);
             }
         }
-        for g in 0..f.group {
+        let (g0, g1) = item.group_heads(f.group);
+        for g in g0..g1 {
             let head = item.head * f.group + g;
             let rule = head_rule(f, head);
             let span = KeySpan::new(rule, causal, seq.q_len, seq.k_len, j0, j0 + BK - 1);
@@ -438,22 +440,29 @@ unsafe fn tile_products<E: Element + WgElement, O: OAcc>(sm: Smem, s: u32, side:
     }
 }
 
-/// Writes the item's dK (times the softmax scale) and dV rows of this thread's two keys. Keys no
-/// query sees get zero gradients: every key of the tile is written.
+/// Writes the item's dK (times the softmax scale) and dV rows of this thread's two keys, or, in
+/// the accumulating mode, adds them to the `f32` sums. Keys no query sees get zero gradients:
+/// every key of the tile is written.
 #[inline(always)]
 unsafe fn store_dkdv<E: Element, O: OAcc>(p: &HopperBwdParams, item: &WorkItem, seq: &SeqInfo, key: i32, lane: u32, dk: &mut O, dv: &mut O) {
     let bp = &p.b;
     let valid_chunks = bp.f.head_dim / 8;
+    let bytes = if bp.accumulate != 0 { 4 } else { 2 };
     for h in 0..2 {
         let j = key + 8 * h as i32;
-        if j >= seq.k_len {
-            continue;
-        }
-        let dk_row = bp.dk + 2 * elem_offset(&bp.dk_strides, item.batch, seq.k_start + j, item.head) as u64;
-        let dv_row = bp.dv + 2 * elem_offset(&bp.dv_strides, item.batch, seq.k_start + j, item.head) as u64;
+        let valid = j < seq.k_len;
+        let dk_row = bp.dk + bytes * elem_offset(&bp.dk_strides, item.batch, seq.k_start + j, item.head) as u64;
+        let dv_row = bp.dv + bytes * elem_offset(&bp.dv_strides, item.batch, seq.k_start + j, item.head) as u64;
         unsafe {
-            store_acc_row::<E, O>(dk, h, bp.scale, dk_row, lane, valid_chunks);
-            store_acc_row::<E, O>(dv, h, 1.0, dv_row, lane, valid_chunks);
+            if bp.accumulate != 0 {
+                if valid {
+                    add_acc_row::<O>(dk, h, bp.scale, dk_row, lane, valid_chunks);
+                    add_acc_row::<O>(dv, h, 1.0, dv_row, lane, valid_chunks);
+                }
+            } else {
+                store_acc_row::<E, O>(dk, h, bp.scale, dk_row, valid, lane, valid_chunks);
+                store_acc_row::<E, O>(dv, h, 1.0, dv_row, valid, lane, valid_chunks);
+            }
         }
     }
 }

@@ -7,7 +7,7 @@
 //! - P = exp2(S·scale − lse) (token mask first on partial tiles), dS = P ∘ (dP − D);
 //! - dQ += dS K with dS from registers and K read MN-major.
 //! No atomics: each item owns its rows of dQ.
-use attn_common::{BLK, HOPPER_DQ_STAGES, HopperDqParams};
+use attn_common::{BLK, HOPPER_DQ_Q_TILES, HOPPER_DQ_STAGES, HopperDqParams};
 
 use crate::arch::math::{exp2, fma};
 use crate::arch::mma::Element;
@@ -16,20 +16,22 @@ use crate::arch::sync::{bar_sync, opaque, thread_idx};
 use crate::arch::tma::{mbar_arrive, mbar_wait, setmaxnreg_dec, setmaxnreg_inc};
 use crate::arch::wgmma::{self, WgElement, desc, keep};
 use crate::bwd::lse2;
-use crate::hopper::{EMPTY, HALF, ItemInfo, LAST, NQ, OAcc, Smem, issue_pv, issue_s, lane0_read, mask_tile, next_item, pack_a, producer, release_empty_item, row_windows, specialise, store_acc_row};
+use crate::hopper::{EMPTY, HALF, ItemInfo, LAST, OAcc, Smem, issue_pv, issue_s, lane0_read, mask_tile, next_item, pack_a, producer, release_empty_item, row_windows, specialise, store_acc_row};
 use crate::item::elem_offset;
 
 const NS: u32 = HOPPER_DQ_STAGES as u32;
+/// One Q/dO slot: two would not fit beside the K and V rings.
+const NQ: u32 = HOPPER_DQ_Q_TILES as u32;
 
 #[inline(always)]
 pub unsafe fn bwd_dq_hopper<E: Element + WgElement, O: OAcc>(p: &HopperDqParams) {
-    let sm = Smem::<NS, 2>::new(smem_u32(dynamic_smem()), O::D);
-    specialise!(sm, producer::<O, NS, 2>(&p.h, sm), |c, t| consumer::<E, O>(p, sm, c, t));
+    let sm = Smem::<NS, 2, NQ>::new(smem_u32(dynamic_smem()), O::D);
+    specialise!(sm, producer::<O, NS, 2, NQ>(&p.h, sm), |c, t| consumer::<E, O>(p, sm, c, t));
 }
 
 /// One consumer warpgroup (`c` = 0 or 1: query rows 64c..64c + 64 of each item).
 #[inline(always)]
-unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperDqParams, sm: Smem<NS, 2>, c: u32, t: u32) {
+unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperDqParams, sm: Smem<NS, 2, NQ>, c: u32, t: u32) {
     let (warp, lane) = (t / 32, t % 32);
     let row = (c * 64 + warp * 16 + lane / 4) as i32; // and row + 8
     let f = &p.h.f;
@@ -130,11 +132,8 @@ unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperDqParams, sm: Smem
         let valid_chunks = f.head_dim / 8;
         for h in 0..2 {
             let i = i0 + row + 8 * h as i32;
-            if i >= seq.q_len {
-                continue;
-            }
             let dq_row = p.dq + 2 * elem_offset(&p.dq_strides, item.batch, seq.q_start + i, item.head) as u64;
-            unsafe { store_acc_row::<E, O>(&mut dq, h, p.scale, dq_row, lane, valid_chunks) };
+            unsafe { store_acc_row::<E, O>(&mut dq, h, p.scale, dq_row, i < seq.q_len, lane, valid_chunks) };
         }
         n_item += 1;
     }

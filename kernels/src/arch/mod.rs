@@ -5,6 +5,7 @@
 //! mark inline asm convergent, and `pure` would let LLVM move or merge them across branches.
 
 pub mod cp_async;
+pub mod global;
 pub mod ldmatrix;
 pub mod mma;
 pub mod sync;

@@ -10,12 +10,45 @@ pub fn bar_sync() {
 /// `shfl.sync.bfly.b32` over the full warp: the value of lane `lane ^ mask`.
 #[inline(always)]
 pub fn shfl_xor(v: f32, mask: u32) -> f32 {
-    let r: f32;
+    f32::from_bits(shfl_xor_u32(v.to_bits(), mask))
+}
+
+/// `shfl.sync.bfly.b32` over the full warp, on a word.
+#[inline(always)]
+pub fn shfl_xor_u32(v: u32, mask: u32) -> u32 {
+    let r: u32;
     unsafe {
         asm!("shfl.sync.bfly.b32 {0}, {1}, {2}, 0x1f, 0xffffffff;",
              out(reg32) r, in(reg32) v, in(reg32) mask, options(nomem, nostack));
     }
     r
+}
+
+/// Transposes the 4×4 words each quad of lanes holds (lane `4q + t` holds row `t` in `a`):
+/// returns column `t`, i.e. `out[s]` is lane `4q + s`'s `a[t]`. Two butterfly stages (partner
+/// `lane ^ 1`, then `lane ^ 2`), each exchanging the two words whose index bit differs from the
+/// lane's: 4 shuffles. Every lane of the warp must take part (converged code).
+#[inline(always)]
+pub fn quad_transpose(mut a: [u32; 4], t: u32) -> [u32; 4] {
+    butterfly_stage(&mut a, t, 1);
+    butterfly_stage(&mut a, t, 2);
+    a
+}
+
+#[inline(always)]
+fn butterfly_stage(a: &mut [u32; 4], t: u32, k: usize) {
+    let upper = t & k as u32 != 0;
+    for lo in 0..4 {
+        if lo & k == 0 {
+            let hi = lo | k;
+            let got = shfl_xor_u32(if upper { a[lo] } else { a[hi] }, k as u32);
+            if upper {
+                a[lo] = got;
+            } else {
+                a[hi] = got;
+            }
+        }
+    }
 }
 
 #[inline(always)]
@@ -26,6 +59,11 @@ pub fn thread_idx() -> u32 {
 #[inline(always)]
 pub fn block_idx() -> u32 {
     unsafe { core::arch::nvptx::_block_idx_x() as u32 }
+}
+
+#[inline(always)]
+pub fn grid_dim() -> u32 {
+    unsafe { core::arch::nvptx::_grid_dim_x() as u32 }
 }
 
 /// `mov.u32` that the compiler cannot see through or move: values derived from it are

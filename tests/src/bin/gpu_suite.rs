@@ -5,8 +5,9 @@
 //! computation done in the input precision, plus a tiny absolute slack, and below 1e-2; `lse`
 //! within 1e-3 (and exactly -inf where the reference is); no NaN; bitwise-identical reruns.
 //! Ends with `N passed, M failed`.
-//! Gradients (dq, dk, dv against the f64 reference backward, same rule, deterministic reruns)
-//! are checked on every case with contiguous tensors.
+//! Gradients (dq, dk, dv against the f64 reference backward, same rule) are checked on every case
+//! with contiguous tensors, in the fast (default) mode and in the deterministic mode, whose two
+//! runs must agree bitwise.
 //! Usage: `gpu_suite [--quick] [--seed N] [--filter TEXT] [--path portable|hopper|hopper-portable] [--no-grad]`.
 use std::sync::Arc;
 use std::time::Instant;
@@ -179,12 +180,15 @@ struct Outcome {
 
 /// Runs forward then backward on the GPU with poisoned gradient buffers, twice (the backward
 /// must be deterministic); returns dq, dk, dv.
-fn run_gpu_bwd<T: Element>(dev: &Device, stream: &Arc<CudaStream>, case: &Case, inp: &Inputs, d_o: &[f64]) -> Result<([Vec<f64>; 3], bool), String> {
+/// The backward in the default (fast) mode, then twice in the deterministic mode: the fast
+/// gradients, the deterministic ones, and whether the two deterministic runs agree bitwise.
+#[allow(clippy::type_complexity)]
+fn run_gpu_bwd<T: Element>(dev: &Device, stream: &Arc<CudaStream>, case: &Case, inp: &Inputs, d_o: &[f64]) -> Result<([[Vec<f64>; 3]; 2], bool), String> {
     let s = &case.spec;
     let e = |x: block_sparse_attn::cudarc::driver::DriverError| x.to_string();
     let conv = |x: &[f64]| x.iter().map(|&v| T::from_f64(v)).collect::<Vec<T>>();
     let mask = if s.mask_len() > 0 { Some(stream.clone_htod(&inp.mask).map_err(e)?) } else { None };
-    let attn = Attention::new(dev, stream, s.clone(), mask.as_ref()).map_err(|x| x.to_string())?;
+    let mut attn = Attention::new(dev, stream, s.clone(), mask.as_ref()).map_err(|x| x.to_string())?;
     let (q, k, v, g) = (
         stream.clone_htod(&conv(&inp.q)).map_err(e)?,
         stream.clone_htod(&conv(&inp.k)).map_err(e)?,
@@ -195,7 +199,8 @@ fn run_gpu_bwd<T: Element>(dev: &Device, stream: &Arc<CudaStream>, case: &Case, 
     let mut lse = stream.alloc_zeros::<f32>(s.lse_len().max(1)).map_err(e)?;
     attn.forward(dev, stream, &q, &k, &v, &mut o, &mut lse).map_err(|x| x.to_string())?;
     let mut runs = Vec::new();
-    for _ in 0..2 {
+    for run in 0..3 {
+        attn = attn.with_deterministic_backward(run > 0);
         let nan_q = vec![T::from_f64(f64::NAN); s.q_len().max(1)];
         let nan_kv = vec![T::from_f64(f64::NAN); s.kv_len().max(1)];
         let mut dq = stream.clone_htod(&nan_q).map_err(e)?;
@@ -206,8 +211,10 @@ fn run_gpu_bwd<T: Element>(dev: &Device, stream: &Arc<CudaStream>, case: &Case, 
         runs.push([back(&dq)?, back(&dk)?, back(&dv)?]);
     }
     let bits = |r: &[Vec<f64>; 3]| r.iter().flatten().map(|x| x.to_bits()).collect::<Vec<_>>();
-    let same = bits(&runs[0]) == bits(&runs[1]);
-    Ok((runs.swap_remove(0), same))
+    let same = bits(&runs[1]) == bits(&runs[2]);
+    runs.pop();
+    let det = runs.pop().unwrap();
+    Ok(([runs.pop().unwrap(), det], same))
 }
 
 fn run_gpu<T: Element>(dev: &Device, stream: &Arc<CudaStream>, case: &Case, inp: &Inputs) -> Result<(Vec<f64>, Vec<f32>, bool, f64), String> {
@@ -321,25 +328,27 @@ fn check<T: Element>(dev: &Device, stream: &Arc<CudaStream>, case: &Case, round:
         });
         match run_gpu_bwd::<T>(dev, stream, case, &inp, &d_o) {
             Err(msg) => problems.push(format!("GPU backward failed: {msg}")),
-            Ok((g, same)) => {
+            Ok((modes, same)) => {
                 if !same {
-                    problems.push("two backward runs differ bitwise".into());
+                    problems.push("two deterministic backward runs differ bitwise".into());
                 }
                 let (mut worst, mut worst_lowp) = (0.0f64, 0.0f64);
-                for (name, gpu, ex, lo) in [("dq", &g[0], &exact.dq, &rounded.dq), ("dk", &g[1], &exact.dk, &rounded.dk), ("dv", &g[2], &exact.dv, &rounded.dv)] {
-                    let nan = gpu.iter().filter(|x| x.is_nan()).count();
-                    if nan > 0 {
-                        problems.push(format!("{nan} NaN (unwritten?) elements in {name}"));
+                for (mode, g) in ["fast", "deterministic"].iter().zip(&modes) {
+                    for (name, gpu, ex, lo) in [("dq", &g[0], &exact.dq, &rounded.dq), ("dk", &g[1], &exact.dk, &rounded.dk), ("dv", &g[2], &exact.dv, &rounded.dv)] {
+                        let nan = gpu.iter().filter(|x| x.is_nan()).count();
+                        if nan > 0 {
+                            problems.push(format!("{mode}: {nan} NaN (unwritten?) elements in {name}"));
+                        }
+                        let (e, el) = (max_diff(gpu, ex), max_diff(lo, ex));
+                        // Gradients grow with the number of keys a row sees; the slack is relative
+                        // to the largest reference gradient.
+                        let scale = ex.iter().fold(1.0f64, |m, x| m.max(x.abs()));
+                        if !(e <= 2.0 * el + 1e-4 * scale) {
+                            problems.push(format!("{mode}: {name} error {e:.3e} > 2 x {el:.3e}"));
+                        }
+                        worst = worst.max(e);
+                        worst_lowp = worst_lowp.max(el);
                     }
-                    let (e, el) = (max_diff(gpu, ex), max_diff(lo, ex));
-                    // Gradients grow with the number of keys a row sees; the slack is relative to
-                    // the largest reference gradient.
-                    let scale = ex.iter().fold(1.0f64, |m, x| m.max(x.abs()));
-                    if !(e <= 2.0 * el + 1e-4 * scale) {
-                        problems.push(format!("{name} error {e:.3e} > 2 x {el:.3e}"));
-                    }
-                    worst = worst.max(e);
-                    worst_lowp = worst_lowp.max(el);
                 }
                 grad = Some((worst, worst_lowp));
             }
