@@ -17,7 +17,7 @@ use input::{Data, Half, Problem};
 use safetensors::Dtype;
 use safetensors::tensor::TensorView;
 
-const USAGE: &str = r#"usage: attend IN.safetensors OUT.safetensors [--backend cpu|gpu]
+const USAGE: &str = r#"usage: attend IN.safetensors OUT.safetensors [--backend cpu|gpu] [--deterministic]
 
 Reads q, k, v from IN and writes the attention output o and its log-sum-exp lse to OUT.
 
@@ -37,6 +37,8 @@ OUT's tensors: o (dtype and shape of q), lse F32 [B, H, Sq] or [H, total_q]; wit
 also dq (like q), dk and dv (like k).
 
 --backend  cpu: the f64 CPU reference; gpu: GPU 0. Default: the GPU if there is one.
+--deterministic  the GPU backward's deterministic mode: bitwise-identical dq, dk, dv run to run
+           (the default mode may differ in the last bits of dk, dv for GQA/MQA inputs).
 Exit status: 0 done, 1 the backend failed, 2 bad arguments or a malformed input file."#;
 
 /// A failure and its exit status.
@@ -69,15 +71,21 @@ struct Args {
     output: String,
     /// `None`: the GPU if there is one, else the CPU.
     gpu: Option<bool>,
+    /// The backward's deterministic mode (GPU only; the CPU reference always is).
+    deterministic: bool,
 }
 
 /// `Ok(None)` for `--help`.
 fn parse_args(args: impl Iterator<Item = String>) -> Result<Option<Args>, String> {
-    let (mut paths, mut gpu) = (Vec::new(), None);
+    let (mut paths, mut gpu, mut deterministic) = (Vec::new(), None, false);
     let mut args = args.peekable();
     while let Some(arg) = args.next() {
         let backend = match arg.as_str() {
             "-h" | "--help" => return Ok(None),
+            "--deterministic" => {
+                deterministic = true;
+                continue;
+            }
             "--backend" => Some(args.next().ok_or("--backend needs a value: cpu or gpu")?),
             _ => arg.strip_prefix("--backend=").map(str::to_owned),
         };
@@ -90,7 +98,7 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Option<Args>, String
         }
     }
     match <[String; 2]>::try_from(paths) {
-        Ok([input, output]) => Ok(Some(Args { input, output, gpu })),
+        Ok([input, output]) => Ok(Some(Args { input, output, gpu, deterministic })),
         Err(p) => Err(format!("expected an input and an output file, got {} path(s)", p.len())),
     }
 }
@@ -113,12 +121,12 @@ fn run() -> Result<(), Fail> {
     let place = if backend.is_gpu() { format!("GPU {}", backend.describe_device()) } else { "the CPU reference backend".into() };
     println!("attend: {} on {place}", common::shape(&problem.spec));
     match &problem.data {
-        Data::Bf16(x) => attend(&backend, &problem, x, &args.output),
-        Data::F16(x) => attend(&backend, &problem, x, &args.output),
+        Data::Bf16(x) => attend(&backend, &problem, x, &args),
+        Data::F16(x) => attend(&backend, &problem, x, &args),
     }
 }
 
-fn attend<T: Half>(backend: &Backend, p: &Problem, x: &Inputs<T>, out: &str) -> Result<(), Fail> {
+fn attend<T: Half>(backend: &Backend, p: &Problem, x: &Inputs<T>, args: &Args) -> Result<(), Fail> {
     let run = backend.forward(&p.spec, x, p.mask.as_deref(), 1)?;
     let o: Vec<u8> = run.o.iter().flat_map(|e| e.to_bits().to_le_bytes()).collect();
     let lse: Vec<u8> = run.lse.iter().flat_map(|e| e.to_le_bytes()).collect();
@@ -128,7 +136,7 @@ fn attend<T: Half>(backend: &Backend, p: &Problem, x: &Inputs<T>, out: &str) -> 
         None => None,
         Some(bits) => {
             let d_o: Vec<T> = bits.iter().map(|&b| T::from_bits(b)).collect();
-            let [dq, dk, dv] = backend.backward(&p.spec, x, &d_o, p.mask.as_deref())?;
+            let [dq, dk, dv] = backend.backward(&p.spec, x, &d_o, p.mask.as_deref(), args.deterministic)?;
             Some([bytes(&dq), bytes(&dk), bytes(&dv)])
         }
     };
@@ -140,9 +148,9 @@ fn attend<T: Half>(backend: &Backend, p: &Problem, x: &Inputs<T>, out: &str) -> 
     }
     let backend_name = if backend.is_gpu() { "gpu" } else { "cpu" };
     let meta = HashMap::from([("backend".to_string(), backend_name.to_string())]);
-    safetensors::serialize_to_file(tensors, Some(meta), out.as_ref()).map_err(|e| Fail { code: 1, message: format!("cannot write {out}: {e}") })?;
+    safetensors::serialize_to_file(tensors, Some(meta), args.output.as_ref()).map_err(|e| Fail { code: 1, message: format!("cannot write {}: {e}", args.output) })?;
     let also = if grads.is_some() { " and dq, dk, dv" } else { "" };
-    println!("attend: {:.3} ms; wrote o {:?} {} and lse {:?} F32{also} to {out}", run.ms, p.o_shape, T::NAME, p.lse_shape);
+    println!("attend: {:.3} ms; wrote o {:?} {} and lse {:?} F32{also} to {}", run.ms, p.o_shape, T::NAME, p.lse_shape, args.output);
     Ok(())
 }
 

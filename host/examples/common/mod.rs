@@ -183,8 +183,9 @@ impl Backend {
 }
 
 impl Backend {
-    /// dq, dk, dv of one backward pass from `d_o` (after a forward pass for `o` and `lse`).
-    pub fn backward<T: Element>(&self, spec: &AttentionSpec, x: &Inputs<T>, d_o: &[T], mask: Option<&[u8]>) -> block_sparse_attn::Result<[Vec<T>; 3]> {
+    /// dq, dk, dv of one backward pass from `d_o` (after a forward pass for `o` and `lse`), on
+    /// the GPU in its `deterministic` mode or the default one.
+    pub fn backward<T: Element>(&self, spec: &AttentionSpec, x: &Inputs<T>, d_o: &[T], mask: Option<&[u8]>, deterministic: bool) -> block_sparse_attn::Result<[Vec<T>; 3]> {
         let (dev, stream) = match self {
             Backend::Cpu => {
                 let g = cpu::backward(spec, &x.q, &x.k, &x.v, d_o, mask)?;
@@ -194,7 +195,7 @@ impl Backend {
         };
         let (q, k, v, g) = (upload(stream, &x.q)?, upload(stream, &x.k)?, upload(stream, &x.v)?, upload(stream, d_o)?);
         let mask_dev = mask.map(|m| upload(stream, m)).transpose()?;
-        let attn = Attention::new(dev, stream, spec.clone(), mask_dev.as_ref())?;
+        let attn = Attention::new(dev, stream, spec.clone(), mask_dev.as_ref())?.with_deterministic_backward(deterministic);
         let mut o = stream.alloc_zeros::<T>(spec.q_len().max(8))?;
         let mut lse = stream.alloc_zeros::<f32>(spec.lse_len().max(8))?;
         attn.forward(dev, stream, &q, &k, &v, &mut o, &mut lse)?;
