@@ -39,13 +39,15 @@ pub(crate) fn lse2(lse: f32) -> f32 {
 }
 
 /// Writes the `16 * MT` rows of `acc` of this warp (rows `row0..`, row `r` at global element
-/// offset `row_elem(r)`, only rows `< valid_rows`, only chunks `< valid_chunks`) times `scale`,
-/// rounded to `E`.
+/// offset `row_elem(r)`, only rows `< valid_rows`, only chunks `< valid_chunks`) times `scale`:
+/// rounded to `E`, or with `accumulate` added to `f32` rows with `red.global.add.f32` (the fast
+/// backward's dK/dV sums).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn store_rows<E: Element, const MT: usize, const DN: usize>(
     acc: &Acc<MT, DN>,
     scale: f32,
+    accumulate: bool,
     base: u64,
     row_elem: impl Fn(i32) -> i64,
     row0: u32,
@@ -53,51 +55,25 @@ fn store_rows<E: Element, const MT: usize, const DN: usize>(
     valid_rows: i32,
     valid_chunks: u32,
 ) {
+    let bytes = if accumulate { 4 } else { 2 };
     for (mt, tile) in acc.iter().enumerate() {
         for h in 0..2 {
             let r = (row0 + mt as u32 * 16 + lane / 4 + 8 * h as u32) as i32;
             if r >= valid_rows {
                 continue;
             }
-            let row = base + 2 * row_elem(r) as u64;
-            for (chunk, frag) in tile.iter().enumerate() {
-                let chunk = chunk as u32;
-                if chunk < valid_chunks {
-                    let v = E::pack2(frag[2 * h] * scale, frag[2 * h + 1] * scale);
-                    unsafe { *((row + 2 * (chunk as u64 * 8 + (lane % 4) as u64 * 2)) as *mut u32) = v };
-                }
-            }
-        }
-    }
-}
-
-/// As [`store_rows`], but adds the values (times `scale`) to `f32` rows with
-/// `red.global.add.f32` (the fast backward's dK/dV sums).
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn add_rows<const MT: usize, const DN: usize>(
-    acc: &Acc<MT, DN>,
-    scale: f32,
-    base: u64,
-    row_elem: impl Fn(i32) -> i64,
-    row0: u32,
-    lane: u32,
-    valid_rows: i32,
-    valid_chunks: u32,
-) {
-    for (mt, tile) in acc.iter().enumerate() {
-        for h in 0..2 {
-            let r = (row0 + mt as u32 * 16 + lane / 4 + 8 * h as u32) as i32;
-            if r >= valid_rows {
-                continue;
-            }
-            let row = base + 4 * row_elem(r) as u64;
+            let row = base + bytes * row_elem(r) as u64;
             for (chunk, frag) in tile.iter().enumerate() {
                 if (chunk as u32) < valid_chunks {
-                    let at = row + 4 * (chunk as u64 * 8 + (lane % 4) as u64 * 2);
+                    let at = row + bytes * (chunk as u64 * 8 + (lane % 4) as u64 * 2);
+                    let (lo, hi) = (frag[2 * h] * scale, frag[2 * h + 1] * scale);
                     unsafe {
-                        red_add_f32(at, frag[2 * h] * scale);
-                        red_add_f32(at + 4, frag[2 * h + 1] * scale);
+                        if accumulate {
+                            red_add_f32(at, lo);
+                            red_add_f32(at + 4, hi);
+                        } else {
+                            *(at as *mut u32) = E::pack2(lo, hi);
+                        }
                     }
                 }
             }
@@ -240,7 +216,7 @@ pub unsafe fn bwd_dq<E: Element, const D: usize, const DN: usize, const DK: usiz
     let (item, seq) = load_item(p, p.items);
     let i0 = item.q_block as i32 * BM;
     let row_elem = |r: i32| elem_offset(&bp.dq_strides, item.batch, seq.q_start + i0 + r, item.head);
-    store_rows::<E, MT, DN>(&dq, bp.scale, bp.dq, row_elem, warp * 16, lane, seq.q_len - i0, valid_chunks);
+    store_rows::<E, MT, DN>(&dq, bp.scale, false, bp.dq, row_elem, warp * 16, lane, seq.q_len - i0, valid_chunks);
 }
 
 /// The query tiles one `bwd_dkdv` CTA visits, for every head of its group in turn. Thread 0
@@ -547,11 +523,7 @@ pub unsafe fn bwd_dkdv<E: Element, const D: usize, const DN: usize, const DK: us
     let rows = seq.k_len - j0;
     let dk_row = |r: i32| elem_offset(&bp.dk_strides, item.batch, seq.k_start + j0 + r, item.head);
     let dv_row = |r: i32| elem_offset(&bp.dv_strides, item.batch, seq.k_start + j0 + r, item.head);
-    if bp.accumulate != 0 {
-        add_rows::<MT, DN>(&dk, bp.scale, bp.dk, dk_row, warp * 16, lane, rows, valid_chunks);
-        add_rows::<MT, DN>(&dv, 1.0, bp.dv, dv_row, warp * 16, lane, rows, valid_chunks);
-    } else {
-        store_rows::<E, MT, DN>(&dk, bp.scale, bp.dk, dk_row, warp * 16, lane, rows, valid_chunks);
-        store_rows::<E, MT, DN>(&dv, 1.0, bp.dv, dv_row, warp * 16, lane, rows, valid_chunks);
-    }
+    let accumulate = bp.accumulate != 0;
+    store_rows::<E, MT, DN>(&dk, bp.scale, accumulate, bp.dk, dk_row, warp * 16, lane, rows, valid_chunks);
+    store_rows::<E, MT, DN>(&dv, 1.0, accumulate, bp.dv, dv_row, warp * 16, lane, rows, valid_chunks);
 }
