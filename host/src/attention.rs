@@ -520,7 +520,8 @@ fn cast_f32(device: &Device, stream: &Arc<CudaStream>, dtype: usize, src: u64, d
 /// on `sms` SMs: enough that the split list has about three items per SM (so heaviest-first
 /// scheduling balances the causal tiles' unequal weights), at most one head per part.
 fn group_parts(group: usize, items: usize, sms: usize) -> usize {
-    if items == 0 {
+    // `WorkItem::group_part` holds head indices in 16 bits.
+    if items == 0 || group > 0xffff {
         return 1;
     }
     (3 * sms).div_ceil(items).clamp(1, group.max(1))
@@ -657,5 +658,6 @@ mod tests {
         assert_eq!(group_parts(4, 512, 132), 1); // GQA at 8k with 8 kv heads: already full
         assert_eq!(group_parts(4, 2, 132), 4); // at most one head per item
         assert_eq!(group_parts(8, 0, 132), 1);
+        assert_eq!(group_parts(1 << 17, 1, 132), 1); // beyond what `group_part` can name
     }
 }
