@@ -147,24 +147,46 @@ pub struct BwdParams {
     pub kv_items: u64,
     /// `softmax_scale` itself (dQ and dK are scaled by it).
     pub scale: f32,
-    /// Nonzero: `dk` and `dv` are zeroed `f32` buffers laid out like `k` and `v` (the same
-    /// strides), to which each key-side item adds its part of the group's sum with
-    /// `red.global.add.f32` (the fast mode, where a group is split over several items: the order
-    /// of the additions, so the last bits, vary run to run). Zero: items store `dk`, `dv` in the
-    /// input type.
-    pub accumulate: u32,
+    /// How key-side items write dK and dV: one of `DKDV_*`.
+    pub dkdv_mode: u32,
+    /// `DKDV_PARTS`: the number of parts each GQA group is split into.
+    pub parts: u32,
+    pub _pad: u32,
+    /// `DKDV_PARTS`: elements of one part's buffer (`dk`, `dv` hold `parts` of them).
+    pub part_len: u64,
 }
 
-/// Threads per CTA of `attn_cast_f32_*` (each converts two values per step).
-pub const CAST_THREADS: usize = 256;
+/// Items own their dK/dV rows and store them in the input type.
+pub const DKDV_STORE: u32 = 0;
+/// The fast mode with a split group: `dk`, `dv` are zeroed `f32` buffers laid out like `k`, `v`,
+/// to which each item adds its part of the group's sum with `red.global.add.f32` (the order of
+/// the additions, so the last bits, vary run to run).
+pub const DKDV_ADD: u32 = 1;
+/// The deterministic mode with a split group: part `p` of a group stores its `f32` sums in
+/// buffer `p` (element offset `p * part_len`, laid out like `k`, `v`); `attn_reduce_parts_*`
+/// then adds the parts in order.
+pub const DKDV_PARTS: u32 = 2;
 
-/// Parameters of `attn_cast_f32_{bf16,f16}`: `n` `f32` values at `src` rounded to `dst`.
+/// The part index of a split group's item whose heads start at `first` (parts `p` start at
+/// `p * group / parts`, rounded down).
+#[inline(always)]
+pub fn part_of(first: u32, group: u32, parts: u32) -> u32 {
+    (first * parts).div_ceil(group)
+}
+
+/// Threads per CTA of `attn_reduce_parts_*` (each writes two values per step).
+pub const REDUCE_THREADS: usize = 256;
+
+/// Parameters of `attn_reduce_parts_{bf16,f16}`: element `i < n` of `dst` is the sum over
+/// `p < parts`, in order, of the `f32` at `src[p * n + i]`, rounded to the input type.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct CastParams {
+pub struct ReduceParams {
     pub src: u64,
     pub dst: u64,
     pub n: u64,
+    pub parts: u32,
+    pub _pad: u32,
 }
 
 /// Keys per `bwd_dkdv` CTA (and query rows per query tile it walks).

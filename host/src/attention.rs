@@ -1,7 +1,7 @@
 //! The GPU forward pass: a reusable plan per call shape, then launches on the caller's stream.
 use std::sync::Arc;
 
-use attn_common::{BwdParams, CompactParams, FwdParams, HOPPER_BWD_KEYS, HOPPER_BWD_QUERIES, HOPPER_KEYS, HOPPER_THREADS, HopperBwdParams, HopperDqParams, HopperFwdParams, Strides, TENSOR_MAP_BYTES};
+use attn_common::{BwdParams, CompactParams, DKDV_ADD, DKDV_PARTS, DKDV_STORE, FwdParams, HOPPER_BWD_KEYS, HOPPER_BWD_QUERIES, HOPPER_KEYS, HOPPER_THREADS, HopperBwdParams, HopperDqParams, HopperFwdParams, Strides, TENSOR_MAP_BYTES};
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg, SyncOnDrop, ValidAsZeroBits};
 
 use crate::device::{Device, FWD_HEAD_DIMS, HopperKernel};
@@ -114,10 +114,11 @@ struct DeviceList {
 
 /// The key-side work lists of one tile size: one item per (batch, kv head, key tile), and, where
 /// that would leave SMs idle (few kv heads, short sequences), the same tiles with each GQA group
-/// split over several items (the fast mode's list).
+/// split into `parts` items.
 struct KvLists {
     whole: DeviceList,
     split: Option<DeviceList>,
+    parts: u32,
 }
 
 impl Attention {
@@ -161,7 +162,7 @@ impl Attention {
             let whole = kv_work_items(&spec, tile, 1);
             let parts = group_parts(spec.group(), whole.len(), device.sm_count() as usize);
             let split = if parts > 1 { Some(upload_list(&kv_work_items(&spec, tile, parts))?) } else { None };
-            Ok(KvLists { whole: upload_list(&whole)?, split })
+            Ok(KvLists { whole: upload_list(&whole)?, split, parts: parts as u32 })
         };
         let kv_items = kv_lists(attn_common::BWD_KEYS)?;
         let kv_items_wide = if device.path() == crate::KernelPath::Hopper { Some(kv_lists(attn_common::HOPPER_BWD_KEYS)?) } else { None };
@@ -185,11 +186,13 @@ impl Attention {
         })
     }
 
-    /// Chooses the backward's mode. Deterministic: every dK/dV item sums its whole GQA group in a
-    /// fixed order, so gradients are bitwise identical run to run. Off (the default): where the
-    /// key tiles alone would leave SMs idle (few kv heads, short sequences), each group is split
-    /// over several items that add their parts to `f32` sums with atomics — faster, but the last
-    /// bits of `dk` and `dv` may vary run to run. `dq` is deterministic in both modes.
+    /// Chooses the backward's mode. Where the key tiles alone would leave SMs idle (few kv heads,
+    /// short sequences), both split each GQA group over several dK/dV items. Off (the default),
+    /// the parts add their sums to one `f32` buffer with atomics: fastest, but the last bits of
+    /// `dk` and `dv` may vary run to run. Deterministic: each part keeps its own `f32` partial
+    /// sums (a scratch buffer per part, at most a few tens of MB since only small key sets are
+    /// split) that a second kernel adds in a fixed order, so gradients are bitwise identical run
+    /// to run. Elsewhere the two modes run the same kernels; `dq` never uses atomics.
     pub fn with_deterministic_backward(mut self, on: bool) -> Self {
         self.deterministic = on;
         self
@@ -377,7 +380,7 @@ impl Attention {
     /// (like `o`) and the forward's `o` and `lse`, writes `dq` (like `q`), `dk` and `dv` (like
     /// `k`, `v`; GQA gradients summed over each group). Bitwise reproducible in the
     /// deterministic mode ([`Attention::with_deterministic_backward`]); in the default mode
-    /// `dk`, `dv` of GQA/MQA shapes may differ in the last bits run to run.
+    /// `dk`, `dv` of GQA/MQA shapes with few key tiles may differ in the last bits run to run.
     #[allow(clippy::too_many_arguments)]
     pub fn backward<T: Element>(
         &self,
@@ -440,7 +443,10 @@ impl Attention {
             dsum: dsp,
             kv_items: 0,
             scale: spec.scale(),
-            accumulate: 0,
+            dkdv_mode: DKDV_STORE,
+            parts: 1,
+            _pad: 0,
+            part_len: 0,
         };
         let d = kernels.head_dim;
         if self.n_items > 0 {
@@ -474,16 +480,26 @@ impl Attention {
             // The 128-key work lists exist when the plan was made on a Hopper-path device.
             let hopper = self.kv_items_wide.as_ref().and_then(|w| Some((self.hopper_maps::<T>(device.hopper_dkdv_kernel(T::KERNEL, spec.head_dim), &maps)?, w)));
             let lists = hopper.as_ref().map_or(&self.kv_items, |(_, w)| w);
-            let (list, sums) = match (&lists.split, self.deterministic) {
-                (Some(split), false) => (split, Some((stream.alloc_zeros::<f32>(spec.kv_len())?, stream.alloc_zeros::<f32>(spec.kv_len())?))),
-                _ => (&lists.whole, None),
+            // A split group sums into f32 buffers: one (atomics) or one per part (ordered).
+            let (list, mode, parts) = match &lists.split {
+                Some(split) if self.deterministic => (split, DKDV_PARTS, lists.parts),
+                Some(split) => (split, DKDV_ADD, 1),
+                None => (&lists.whole, DKDV_STORE, 1),
+            };
+            let n = spec.kv_len();
+            let sums = if mode == DKDV_STORE {
+                None
+            } else {
+                let len = parts as usize * n;
+                Some((stream.alloc_zeros::<f32>(len)?, stream.alloc_zeros::<f32>(len)?))
             };
             let (ip, _g16) = list.items.device_ptr(stream);
             bp.kv_items = ip;
+            (bp.dkdv_mode, bp.parts, bp.part_len) = (mode, lists.parts, n as u64);
             let (skp, _g17) = sums.as_ref().map(|(k, _)| k.device_ptr(stream)).unzip();
             let (svp, _g18) = sums.as_ref().map(|(_, v)| v.device_ptr(stream)).unzip();
             if let (Some(skp), Some(svp)) = (skp, svp) {
-                (bp.dk, bp.dv, bp.accumulate) = (skp, svp, 1);
+                (bp.dk, bp.dv) = (skp, svp);
             }
             if let Some(((kernel, maps), _)) = hopper {
                 let bytes = upload_maps(stream, &maps)?; // Q, dO, K, V
@@ -498,21 +514,22 @@ impl Attention {
                 unsafe { stream.launch_builder(&kernels.dkdv).arg(&arg).launch(cfg)? };
             }
             if let (Some(skp), Some(svp)) = (skp, svp) {
-                cast_f32(device, stream, T::KERNEL, skp, dkp, spec.kv_len())?;
-                cast_f32(device, stream, T::KERNEL, svp, dvp, spec.kv_len())?;
+                reduce_parts(device, stream, T::KERNEL, skp, dkp, n, parts)?;
+                reduce_parts(device, stream, T::KERNEL, svp, dvp, n, parts)?;
             }
         }
         Ok(())
     }
 }
 
-/// Rounds `n` `f32` values at `src` to the input type at `dst`.
-fn cast_f32(device: &Device, stream: &Arc<CudaStream>, dtype: usize, src: u64, dst: u64, n: usize) -> Result<()> {
-    let threads = attn_common::CAST_THREADS;
+/// Writes to `dst` (the input type) the sums, over `parts` consecutive buffers of `n` `f32`
+/// values at `src`, added in order.
+fn reduce_parts(device: &Device, stream: &Arc<CudaStream>, dtype: usize, src: u64, dst: u64, n: usize, parts: u32) -> Result<()> {
+    let threads = attn_common::REDUCE_THREADS;
     let blocks = n.div_ceil(2 * threads).clamp(1, 8 * device.sm_count() as usize);
     let cfg = LaunchConfig { grid_dim: (blocks as u32, 1, 1), block_dim: (threads as u32, 1, 1), shared_mem_bytes: 0 };
-    let arg = ByValue(attn_common::CastParams { src, dst, n: n as u64 });
-    unsafe { stream.launch_builder(&device.cast[dtype]).arg(&arg).launch(cfg)? };
+    let arg = ByValue(attn_common::ReduceParams { src, dst, n: n as u64, parts, _pad: 0 });
+    unsafe { stream.launch_builder(&device.reduce[dtype]).arg(&arg).launch(cfg)? };
     Ok(())
 }
 
@@ -625,11 +642,19 @@ mod tests {
                         }
                     }
                     let mut got = Vec::new();
+                    let mut part_ids = Vec::new();
                     for i in &items {
                         let (first, end) = i.group_heads(spec.group() as u32);
                         assert!(first < end, "empty part {i:?}");
                         got.extend((first..end).map(|g| (i.batch, i.head, i.q_block, g)));
+                        // The kernels find an item's part buffer from its first head.
+                        part_ids.push((i.batch, i.head, i.q_block, attn_common::part_of(first, spec.group() as u32, parts as u32)));
                     }
+                    part_ids.sort();
+                    let mut want_ids: Vec<_> = part_ids.iter().map(|&(b, h, t, _)| (b, h, t)).collect();
+                    want_ids.dedup();
+                    let want_ids: Vec<_> = want_ids.into_iter().flat_map(|(b, h, t)| (0..parts as u32).map(move |p| (b, h, t, p))).collect();
+                    assert_eq!(part_ids, want_ids, "tile {tile}, {parts} parts: part indices");
                     assert_eq!(items.len(), want.len() / spec.group() * parts, "tile {tile}, {parts} parts");
                     got.sort();
                     want.sort();

@@ -62,8 +62,8 @@ pub struct Device {
     pub(crate) bwd: [[BwdKernels; 3]; 2],
     max_smem: i32,
     pub(crate) compact: CudaFunction,
-    /// `[dtype]`: `f32` → the input type (the fast backward's dK/dV sums).
-    pub(crate) cast: [CudaFunction; 2],
+    /// `[dtype]`: split groups' `f32` dK/dV sums → the input type.
+    pub(crate) reduce: [CudaFunction; 2],
     /// `[dtype][head dim 64, 128]`: the Hopper forward (sm_90a module), `None` elsewhere.
     hopper_fwd: Option<[[HopperKernel; 2]; 2]>,
     /// Whether forwards use it ([`Device::use_hopper_forward`]).
@@ -157,7 +157,7 @@ impl Device {
             bwd.push(<[BwdKernels; 3]>::try_from(row).unwrap());
         }
         let compact = module.load_function("compact_block_mask")?;
-        let cast = [module.load_function("attn_cast_f32_bf16")?, module.load_function("attn_cast_f32_f16")?];
+        let reduce = [module.load_function("attn_reduce_parts_bf16")?, module.load_function("attn_reduce_parts_f16")?];
         let (hopper_fwd, hopper_dq, hopper_dkdv) = match path {
             KernelPath::Hopper => (
                 Some(load_hopper(&module, max_smem, "attn_fwd_hopper", attn_common::hopper_fwd_smem_bytes)?),
@@ -177,7 +177,7 @@ impl Device {
             bwd: <[[BwdKernels; 3]; 2]>::try_from(bwd).unwrap(),
             max_smem,
             compact,
-            cast,
+            reduce,
             hopper_on: hopper_fwd.is_some(),
             hopper_fwd,
             hopper_bwd_on: hopper_dkdv.is_some(),
@@ -356,7 +356,7 @@ mod tests {
         for (path, target) in [(KernelPath::Portable, ".target sm_80"), (KernelPath::Hopper, ".target sm_90a")] {
             let text = ptx(path);
             assert!(text.lines().any(|l| l.trim() == target), "{path:?}: no `{target}` line");
-            let mut names = vec!["compact_block_mask".to_string(), "attn_cast_f32_bf16".into(), "attn_cast_f32_f16".into()];
+            let mut names = vec!["compact_block_mask".to_string(), "attn_reduce_parts_bf16".into(), "attn_reduce_parts_f16".into()];
             for dtype in ["bf16", "f16"] {
                 for (d, _, _) in FWD_HEAD_DIMS {
                     names.push(format!("attn_fwd_{dtype}_d{d}"));

@@ -9,14 +9,15 @@
 //!   GQA group in order, the 64-row query tiles that see the key tile (the transposed plan):
 //!   Sᵀ = K Qᵀ, Pᵀ, dV += Pᵀ dO, dPᵀ = V dOᵀ, dSᵀ = Pᵀ ∘ (dPᵀ − D), dK += dSᵀ Q. Summing the group
 //!   in a fixed order inside one CTA makes the GQA reduction deterministic; in the fast mode an
-//!   item may take part of the group and add its dK, dV to `f32` sums (`BwdParams::accumulate`).
-//! - `cast_f32`: those sums rounded to the input type.
+//!   item may take part of the group and add its dK, dV to `f32` sums, or in the deterministic
+//!   mode store them as its part's `f32` partial sums (`BwdParams::dkdv_mode`).
+//! - `reduce_parts`: those sums (the parts added in order) rounded to the input type.
 //!
 //! Rows with lse = -inf (they saw no key) get P = 0 and contribute nothing.
 use core::mem::offset_of;
 
 use attn_common::{
-    BLK, BWD_KEYS, BwdParams, CAST_THREADS, CastParams, FWD_CTX_BYTES, KIND_BLOCK_SPARSE, RowSpan, RowWindow, SeqInfo, WorkItem,
+    BLK, BWD_KEYS, BwdParams, DKDV_ADD, DKDV_PARTS, DKDV_STORE, FWD_CTX_BYTES, REDUCE_THREADS, ReduceParams, KIND_BLOCK_SPARSE, RowSpan, RowWindow, SeqInfo, WorkItem,
     row_window,
 };
 
@@ -39,15 +40,15 @@ pub(crate) fn lse2(lse: f32) -> f32 {
 }
 
 /// Writes the `16 * MT` rows of `acc` of this warp (rows `row0..`, row `r` at global element
-/// offset `row_elem(r)`, only rows `< valid_rows`, only chunks `< valid_chunks`) times `scale`:
-/// rounded to `E`, or with `accumulate` added to `f32` rows with `red.global.add.f32` (the fast
-/// backward's dK/dV sums).
+/// offset `row_elem(r)`, only rows `< valid_rows`, only chunks `< valid_chunks`) times `scale`,
+/// as `mode` (`DKDV_*`) says: rounded to `E` (`DKDV_STORE`, also dQ's), added to `f32` rows
+/// with `red.global.add.f32` (`DKDV_ADD`) or stored as `f32` (`DKDV_PARTS`).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn store_rows<E: Element, const MT: usize, const DN: usize>(
     acc: &Acc<MT, DN>,
     scale: f32,
-    accumulate: bool,
+    mode: u32,
     base: u64,
     row_elem: impl Fn(i32) -> i64,
     row0: u32,
@@ -55,7 +56,7 @@ fn store_rows<E: Element, const MT: usize, const DN: usize>(
     valid_rows: i32,
     valid_chunks: u32,
 ) {
-    let bytes = if accumulate { 4 } else { 2 };
+    let bytes = if mode == DKDV_ADD || mode == DKDV_PARTS { 4 } else { 2 };
     for (mt, tile) in acc.iter().enumerate() {
         for h in 0..2 {
             let r = (row0 + mt as u32 * 16 + lane / 4 + 8 * h as u32) as i32;
@@ -68,9 +69,11 @@ fn store_rows<E: Element, const MT: usize, const DN: usize>(
                     let at = row + bytes * (chunk as u64 * 8 + (lane % 4) as u64 * 2);
                     let (lo, hi) = (frag[2 * h] * scale, frag[2 * h + 1] * scale);
                     unsafe {
-                        if accumulate {
+                        if mode == DKDV_ADD {
                             red_add_f32(at, lo);
                             red_add_f32(at + 4, hi);
+                        } else if mode == DKDV_PARTS {
+                            *(at as *mut [f32; 2]) = [lo, hi];
                         } else {
                             *(at as *mut u32) = E::pack2(lo, hi);
                         }
@@ -81,20 +84,31 @@ fn store_rows<E: Element, const MT: usize, const DN: usize>(
     }
 }
 
-/// `n` `f32` values rounded to `E`, two per thread and step of a grid-stride loop (the fast
-/// backward's dK/dV sums to the caller's type).
+/// The sum over `p.parts` `f32` buffers of `p.n` values, in order, rounded to `E`: two values
+/// per thread and step of a grid-stride loop (a split GQA group's dK/dV parts, or with one part
+/// the fast mode's atomic sums, to the caller's type).
 #[inline(always)]
-pub unsafe fn cast_f32<E: Element>(p: &CastParams) {
-    let threads = CAST_THREADS as u64;
+pub unsafe fn reduce_parts<E: Element>(p: &ReduceParams) {
+    let threads = REDUCE_THREADS as u64;
     let step = 2 * grid_dim() as u64 * threads;
     let mut i = 2 * (block_idx() as u64 * threads + thread_idx() as u64);
+    let src = p.src as *const f32;
     while i < p.n {
-        let src = p.src as *const f32;
+        let (mut lo, mut hi) = (0.0f32, 0.0f32);
+        for part in 0..p.parts as u64 {
+            let at = (part * p.n + i) as usize;
+            unsafe {
+                lo += *src.add(at);
+                if i + 1 < p.n {
+                    hi += *src.add(at + 1);
+                }
+            }
+        }
         unsafe {
             if i + 1 < p.n {
-                *((p.dst + 2 * i) as *mut u32) = E::pack2(*src.add(i as usize), *src.add(i as usize + 1));
+                *((p.dst + 2 * i) as *mut u32) = E::pack2(lo, hi);
             } else {
-                *((p.dst + 2 * i) as *mut u16) = E::pack2(*src.add(i as usize), 0.0) as u16;
+                *((p.dst + 2 * i) as *mut u16) = E::pack2(lo, 0.0) as u16;
             }
         }
         i += step;
@@ -216,7 +230,7 @@ pub unsafe fn bwd_dq<E: Element, const D: usize, const DN: usize, const DK: usiz
     let (item, seq) = load_item(p, p.items);
     let i0 = item.q_block as i32 * BM;
     let row_elem = |r: i32| elem_offset(&bp.dq_strides, item.batch, seq.q_start + i0 + r, item.head);
-    store_rows::<E, MT, DN>(&dq, bp.scale, false, bp.dq, row_elem, warp * 16, lane, seq.q_len - i0, valid_chunks);
+    store_rows::<E, MT, DN>(&dq, bp.scale, DKDV_STORE, bp.dq, row_elem, warp * 16, lane, seq.q_len - i0, valid_chunks);
 }
 
 /// The query tiles one `bwd_dkdv` CTA visits, for every head of its group in turn. Thread 0
@@ -523,7 +537,17 @@ pub unsafe fn bwd_dkdv<E: Element, const D: usize, const DN: usize, const DK: us
     let rows = seq.k_len - j0;
     let dk_row = |r: i32| elem_offset(&bp.dk_strides, item.batch, seq.k_start + j0 + r, item.head);
     let dv_row = |r: i32| elem_offset(&bp.dv_strides, item.batch, seq.k_start + j0 + r, item.head);
-    let accumulate = bp.accumulate != 0;
-    store_rows::<E, MT, DN>(&dk, bp.scale, accumulate, bp.dk, dk_row, warp * 16, lane, rows, valid_chunks);
-    store_rows::<E, MT, DN>(&dv, 1.0, accumulate, bp.dv, dv_row, warp * 16, lane, rows, valid_chunks);
+    let part_off = dkdv_part_offset(bp, &item);
+    store_rows::<E, MT, DN>(&dk, bp.scale, bp.dkdv_mode, bp.dk + part_off, dk_row, warp * 16, lane, rows, valid_chunks);
+    store_rows::<E, MT, DN>(&dv, 1.0, bp.dkdv_mode, bp.dv + part_off, dv_row, warp * 16, lane, rows, valid_chunks);
+}
+
+/// Byte offset of a key-side item's part buffer in `dk`, `dv` (`DKDV_PARTS`; 0 otherwise).
+#[inline(always)]
+pub(crate) fn dkdv_part_offset(bp: &BwdParams, item: &WorkItem) -> u64 {
+    if bp.dkdv_mode != DKDV_PARTS {
+        return 0;
+    }
+    let p = attn_common::part_of(item.group_heads(bp.f.group).0, bp.f.group, bp.parts);
+    4 * p as u64 * bp.part_len
 }

@@ -525,17 +525,22 @@ pub(crate) unsafe fn store_acc_row<E: Element, O: OAcc>(acc: &mut O, h: usize, s
     }
 }
 
-/// As [`store_acc_row`], but adds the values (times `scale`) to an `f32` row at address `row`
-/// with `red.global.add.f32`.
+/// As [`store_acc_row`] for an `f32` row at address `row`: the values (times `scale`) added
+/// with `red.global.add.f32` (`add`) or stored.
 #[inline(always)]
-pub(crate) unsafe fn add_acc_row<O: OAcc>(acc: &mut O, h: usize, scale: f32, row: u64, lane: u32, valid_chunks: u32) {
+pub(crate) unsafe fn f32_acc_row<O: OAcc>(acc: &mut O, h: usize, scale: f32, row: u64, lane: u32, valid_chunks: u32, add: bool) {
     let v = acc.v();
     for n in 0..O::D / 8 {
         if (n as u32) < valid_chunks {
             let at = row + 4 * (n as u64 * 8 + (lane % 4) as u64 * 2);
+            let (lo, hi) = (v[4 * n + 2 * h] * scale, v[4 * n + 2 * h + 1] * scale);
             unsafe {
-                red_add_f32(at, v[4 * n + 2 * h] * scale);
-                red_add_f32(at + 4, v[4 * n + 2 * h + 1] * scale);
+                if add {
+                    red_add_f32(at, lo);
+                    red_add_f32(at + 4, hi);
+                } else {
+                    *(at as *mut [f32; 2]) = [lo, hi];
+                }
             }
         }
     }

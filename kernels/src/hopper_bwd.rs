@@ -18,7 +18,7 @@
 //! atomics. In the fast mode an item may sum part of the group (`WorkItem::group_part`, so that
 //! few kv heads still fill the GPU) and adds its dK, dV to `f32` sums with atomics. Rows past the sequence get lse = +inf, so their P and dS are 0.
 use attn_common::{
-    BLK, HOPPER_BWD_KEYS, HOPPER_BWD_QUERIES, HOPPER_BWD_SIDE_BYTES, HOPPER_BWD_STAGES, HopperBwdParams, KIND_BLOCK_SPARSE, KeySpan,
+    BLK, DKDV_ADD, DKDV_STORE, HOPPER_BWD_KEYS, HOPPER_BWD_QUERIES, HOPPER_BWD_SIDE_BYTES, HOPPER_BWD_STAGES, HopperBwdParams, KIND_BLOCK_SPARSE, KeySpan,
     QueryTileWalk, RowWindow, SeqInfo, TENSOR_MAP_BYTES, WorkItem, row_window,
 };
 
@@ -29,7 +29,8 @@ use crate::arch::sync::{bar_sync, block_idx, next_work_item, opaque, thread_idx}
 use crate::arch::tma::{fence_mbar_init, mbar_arrive, mbar_arrive_expect_tx, mbar_init, mbar_wait, prefetch_tensormap, setmaxnreg_dec, setmaxnreg_inc, tma_load_4d};
 use crate::arch::wgmma::{self, WgElement, desc, keep};
 use crate::bwd::lse2;
-use crate::hopper::{OAcc, add_acc_row, mma_rs_steps, pack_a, shared_ptr, store_acc_row};
+use crate::bwd::dkdv_part_offset;
+use crate::hopper::{OAcc, f32_acc_row, mma_rs_steps, pack_a, shared_ptr, store_acc_row};
 use crate::item::{elem_offset, head_rule};
 
 const NS: u32 = HOPPER_BWD_STAGES as u32;
@@ -440,24 +441,28 @@ unsafe fn tile_products<E: Element + WgElement, O: OAcc>(sm: Smem, s: u32, side:
     }
 }
 
-/// Writes the item's dK (times the softmax scale) and dV rows of this thread's two keys, or, in
-/// the accumulating mode, adds them to the `f32` sums. Keys no query sees get zero gradients:
+/// Writes the item's dK (times the softmax scale) and dV rows of this thread's two keys in the
+/// input type, or, for a split group, adds them to the `f32` sums (`DKDV_ADD`) or stores its
+/// part's `f32` sums (`DKDV_PARTS`). Keys no query sees get zero gradients:
 /// every key of the tile is written.
 #[inline(always)]
 unsafe fn store_dkdv<E: Element, O: OAcc>(p: &HopperBwdParams, item: &WorkItem, seq: &SeqInfo, key: i32, lane: u32, dk: &mut O, dv: &mut O) {
     let bp = &p.b;
     let valid_chunks = bp.f.head_dim / 8;
-    let bytes = if bp.accumulate != 0 { 4 } else { 2 };
+    let f32_sums = bp.dkdv_mode != DKDV_STORE;
+    let bytes = if f32_sums { 4 } else { 2 };
+    let part_off = dkdv_part_offset(bp, item);
     for h in 0..2 {
         let j = key + 8 * h as i32;
         let valid = j < seq.k_len;
-        let dk_row = bp.dk + bytes * elem_offset(&bp.dk_strides, item.batch, seq.k_start + j, item.head) as u64;
-        let dv_row = bp.dv + bytes * elem_offset(&bp.dv_strides, item.batch, seq.k_start + j, item.head) as u64;
+        let dk_row = bp.dk + part_off + bytes * elem_offset(&bp.dk_strides, item.batch, seq.k_start + j, item.head) as u64;
+        let dv_row = bp.dv + part_off + bytes * elem_offset(&bp.dv_strides, item.batch, seq.k_start + j, item.head) as u64;
         unsafe {
-            if bp.accumulate != 0 {
+            if f32_sums {
                 if valid {
-                    add_acc_row::<O>(dk, h, bp.scale, dk_row, lane, valid_chunks);
-                    add_acc_row::<O>(dv, h, 1.0, dv_row, lane, valid_chunks);
+                    let add = bp.dkdv_mode == DKDV_ADD;
+                    f32_acc_row::<O>(dk, h, bp.scale, dk_row, lane, valid_chunks, add);
+                    f32_acc_row::<O>(dv, h, 1.0, dv_row, lane, valid_chunks, add);
                 }
             } else {
                 store_acc_row::<E, O>(dk, h, bp.scale, dk_row, valid, lane, valid_chunks);

@@ -19,7 +19,7 @@ pub mod item;
 pub mod tiles;
 
 use arch::mma::{Bf16, F16};
-use attn_common::{BwdParams, CastParams, CompactParams, FwdParams};
+use attn_common::{BwdParams, CompactParams, FwdParams, ReduceParams};
 #[cfg(target_feature = "sm_90a")]
 use attn_common::{HopperBwdParams, HopperDqParams, HopperFwdParams};
 use core::arch::global_asm;
@@ -134,19 +134,19 @@ bwd_entries!(
     attn_bwd_dsum_f16_d128, attn_bwd_dq_f16_d128, attn_bwd_dkdv_f16_d128 = (F16, 128, query_rows 32),
 );
 
-/// The fast backward's `f32` dK/dV sums rounded to the input type.
-macro_rules! cast_entries {
+/// A split GQA group's `f32` dK/dV sums (parts added in order) rounded to the input type.
+macro_rules! reduce_entries {
     ($($name:ident = $elem:ty),*) => {$(
         #[unsafe(no_mangle)]
-        pub unsafe extern "gpu-kernel" fn $name(p: CastParams) {
-            unsafe { bwd::cast_f32::<$elem>(&p) }
+        pub unsafe extern "gpu-kernel" fn $name(p: ReduceParams) {
+            unsafe { bwd::reduce_parts::<$elem>(&p) }
         }
         ptx_attrs!($name: concat!(".maxntid ", 256, ", 1, 1"));
     )*};
 }
 
-cast_entries!(attn_cast_f32_bf16 = Bf16, attn_cast_f32_f16 = F16);
-const _: () = assert!(attn_common::CAST_THREADS == 256);
+reduce_entries!(attn_reduce_parts_bf16 = Bf16, attn_reduce_parts_f16 = F16);
+const _: () = assert!(attn_common::REDUCE_THREADS == 256);
 
 #[unsafe(no_mangle)]
 pub unsafe extern "gpu-kernel" fn compact_block_mask(p: CompactParams) {
