@@ -1,5 +1,5 @@
-//! Backward kernels (portable mma.sync path). Deterministic by construction (no atomics) except
-//! in the fast mode's dK/dV, where a GQA group split over several items is summed with atomics.
+//! Backward kernels (portable mma.sync path). No atomics, except in the fast mode's dK/dV sums of
+//! a GQA group split over several items.
 //!
 //! - `bwd_dsum`: D_i = dO_i · O_i per query row (f32, laid out like lse).
 //! - `bwd_dq`: one CTA per forward work item (128 query rows of one head) walks the same key
@@ -8,24 +8,25 @@
 //! - `bwd_dkdv`: one CTA per (batch, kv head, 64-key tile) walks, for every query head of the
 //!   GQA group in order, the 64-row query tiles that see the key tile (the transposed plan):
 //!   Sᵀ = K Qᵀ, Pᵀ, dV += Pᵀ dO, dPᵀ = V dOᵀ, dSᵀ = Pᵀ ∘ (dPᵀ − D), dK += dSᵀ Q. Summing the group
-//!   in a fixed order inside one CTA makes the GQA reduction deterministic; in the fast mode an
-//!   item may take part of the group and add its dK, dV to `f32` sums, or in the deterministic
-//!   mode store them as its part's `f32` partial sums (`BwdParams::dkdv_mode`).
+//!   in a fixed order inside one CTA makes the GQA reduction deterministic. Where the plan splits
+//!   a group over several items (`WorkItem::group_part`), each adds its dK, dV to `f32` sums with
+//!   atomics (fast mode) or stores its part's `f32` partial sums (deterministic mode; see
+//!   `BwdParams::dkdv_mode`).
 //! - `reduce_parts`: those sums (the parts added in order) rounded to the input type.
 //!
 //! Rows with lse = -inf (they saw no key) get P = 0 and contribute nothing.
 use core::mem::offset_of;
 
 use attn_common::{
-    BLK, BWD_KEYS, BwdParams, DKDV_ADD, DKDV_PARTS, DKDV_STORE, FWD_CTX_BYTES, REDUCE_THREADS, ReduceParams, KIND_BLOCK_SPARSE, RowSpan, RowWindow, SeqInfo, WorkItem,
-    row_window,
+    BLK, BWD_KEYS, BwdParams, DKDV_ADD, DKDV_PARTS, DKDV_STORE, FWD_CTX_BYTES, KIND_BLOCK_SPARSE, REDUCE_THREADS, ReduceParams,
+    RowSpan, RowWindow, SeqInfo, WorkItem, row_window,
 };
 
 use crate::arch::cp_async::{commit, wait_group};
+use crate::arch::global::red_add_f32;
 use crate::arch::math::{exp2, fma};
 use crate::arch::mma::Element;
 use crate::arch::smem::{dynamic_smem, ld_shared_u32, smem_u32};
-use crate::arch::global::red_add_f32;
 use crate::arch::sync::{bar_sync, block_idx, grid_dim, opaque, shfl_xor, thread_idx};
 use crate::gemm::{Acc, a_bt, lanes, p_b, pack_a, packed_b};
 use crate::item::{BM, ItemCtx, RowTile, advance_kv, ctx_i32, elem_offset, head_rule, load_item, mask_scores, setup_query_item, start_kv};

@@ -21,8 +21,8 @@ use attn_common::{
     WorkItem, row_window,
 };
 
-use crate::arch::math::{exp2, fma, log2};
 use crate::arch::global::{red_add_f32, st_global_v4};
+use crate::arch::math::{exp2, fma, log2};
 use crate::arch::mma::Element;
 use crate::arch::smem::{dynamic_smem, ld_shared_u32, smem_u32};
 use crate::arch::sync::{bar_sync, block_idx, next_work_item, quad_transpose, shfl_idx, shfl_xor, thread_idx, vote_any};

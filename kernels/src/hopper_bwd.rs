@@ -15,8 +15,10 @@
 //!   registers and dO read MN-major;
 //! - dSᵀ = Pᵀ ∘ (dPᵀ − D), dK += dSᵀ Q likewise.
 //! Summing the group inside one CTA in a fixed order keeps the GQA reduction deterministic: no
-//! atomics. In the fast mode an item may sum part of the group (`WorkItem::group_part`, so that
-//! few kv heads still fill the GPU) and adds its dK, dV to `f32` sums with atomics. Rows past the sequence get lse = +inf, so their P and dS are 0.
+//! atomics. Where the plan splits a group over several items (`WorkItem::group_part`, so that few
+//! kv heads still fill the GPU), each adds its dK, dV to `f32` sums with atomics (fast mode) or
+//! stores its part's `f32` partial sums (deterministic mode). Rows past the sequence get
+//! lse = +inf, so their P and dS are 0.
 use attn_common::{
     BLK, DKDV_ADD, DKDV_STORE, HOPPER_BWD_KEYS, HOPPER_BWD_QUERIES, HOPPER_BWD_SIDE_BYTES, HOPPER_BWD_STAGES, HopperBwdParams, KIND_BLOCK_SPARSE, KeySpan,
     QueryTileWalk, RowWindow, SeqInfo, TENSOR_MAP_BYTES, WorkItem, row_window,
@@ -28,8 +30,7 @@ use crate::arch::smem::{dynamic_smem, ld_shared_u32, smem_u32};
 use crate::arch::sync::{bar_sync, block_idx, next_work_item, opaque, thread_idx};
 use crate::arch::tma::{fence_mbar_init, mbar_arrive, mbar_arrive_expect_tx, mbar_init, mbar_wait, prefetch_tensormap, setmaxnreg_dec, setmaxnreg_inc, tma_load_4d};
 use crate::arch::wgmma::{self, WgElement, desc, keep};
-use crate::bwd::lse2;
-use crate::bwd::dkdv_part_offset;
+use crate::bwd::{dkdv_part_offset, lse2};
 use crate::hopper::{OAcc, f32_acc_row, mma_rs_steps, pack_a, shared_ptr, store_acc_row};
 use crate::item::{elem_offset, head_rule};
 
