@@ -25,7 +25,7 @@ use crate::arch::global::{red_add_f32, st_global_v4};
 use crate::arch::math::{exp2, fma, log2};
 use crate::arch::mma::Element;
 use crate::arch::smem::{dynamic_smem, ld_shared_u32, smem_u32};
-use crate::arch::sync::{bar_sync, block_idx, next_work_item, quad_transpose, shfl_idx, shfl_xor, thread_idx, vote_any};
+use crate::arch::sync::{bar_any, bar_sync, block_idx, next_work_item, quad_transpose, shfl_idx, shfl_xor, thread_idx, vote_any};
 use crate::arch::tma::{fence_mbar_init, mbar_arrive, mbar_arrive_expect_tx, mbar_init, mbar_wait, prefetch_tensormap, setmaxnreg_dec, setmaxnreg_inc, tma_load_4d};
 use crate::arch::wgmma::{self, Keep, WgElement, desc, keep};
 use crate::item::{self, elem_offset, head_rule, item_walk};
@@ -39,8 +39,17 @@ const NQ: u32 = HOPPER_Q_TILES as u32;
 pub(crate) const BK: i32 = HOPPER_KEYS as i32;
 /// Bytes of one 64-column block of a 128-row tile (rows of 128 bytes).
 pub(crate) const HALF: u32 = (HOPPER_ROWS * 128) as u32;
-/// Tile ring entries: the tile's first key, with `LAST` set on the item's last tile.
+/// Tile ring entries: the tile's first key (a multiple of 128), with `LAST` set on the item's
+/// last tile and `FULL` on a tile every row of the item sees whole (no mask; the forward's
+/// consumers run [`softmax_fast`] on those).
 pub(crate) const LAST: i32 = 1 << 30;
+pub(crate) const FULL: i32 = 1;
+
+/// The first key of a ring entry's tile.
+#[inline(always)]
+pub(crate) fn tile_j0(e: i32) -> i32 {
+    e & !(LAST | FULL)
+}
 pub(crate) const EMPTY: i32 = -1;
 /// The item slot's value once every item has been taken.
 pub(crate) const NO_ITEM: u32 = u32::MAX;
@@ -233,6 +242,7 @@ pub(crate) unsafe fn producer<O: OAcc, const NS: u32, const QT: u32, const NQ: u
         let i0 = item.q_block as i32 * BLK;
         let i1 = (i0 + BLK).min(seq.q_len) - 1;
         let span = RowSpan::new(rule, f.causal != 0, seq.q_len, seq.k_len, i0, i1);
+        let (full_from, full_to) = (span.last.lo, span.first.hi);
         let mut walk = unsafe { item_walk(f, &item, rule, span, BK) };
         let batch = if p.packed != 0 { 0 } else { item.batch as i32 };
         let kv_head = (item.head / f.group) as i32;
@@ -267,7 +277,9 @@ pub(crate) unsafe fn producer<O: OAcc, const NS: u32, const QT: u32, const NQ: u
             let free = ((tile / NS) & 1) ^ 1;
             unsafe {
                 mbar_wait(sm.k_empty(s), free);
-                *(shared_ptr(sm.ring(s))) = (if next < 0 { j0 | LAST } else { j0 }) as u32;
+                // Every row sees the whole tile (a tile in the sink only counts as partial).
+                let full = if j0 >= full_from && j0 + BK - 1 <= full_to { FULL } else { 0 };
+                *(shared_ptr(sm.ring(s))) = (j0 | full | if next < 0 { LAST } else { 0 }) as u32;
                 let row = seq.k_start + j0;
                 mbar_arrive_expect_tx(sm.k_full(s), tile_bytes);
                 for h in 0..halves {
@@ -465,6 +477,56 @@ fn softmax(sc: &mut [f32; 64], r: &mut Rows, j0: i32, lane: u32, scale: f32) -> 
     alpha
 }
 
+/// A row's tile sum above which [`softmax_fast`] gives up: no probability exceeded 2^16, so
+/// none overflowed, and the rows' max has moved far past the slack [`softmax`] allows.
+const FAST_SUM_LIMIT: f32 = 65536.0;
+
+/// The softmax of a tile without its row max: probabilities against the running max `r.m`
+/// (the max is an instruction per score, a sixth of a dense tile's time). Valid as long as no
+/// row's scores rose far past it: if any row of the warpgroup (`c`, named barrier `1 + c`) sums
+/// to more than `FAST_SUM_LIMIT` (or to inf / NaN), returns false with `r` untouched and the
+/// scores lost — the caller recomputes S and runs [`softmax`].
+#[inline(always)]
+fn softmax_fast(sc: &mut [f32; 64], r: &mut Rows, j0: i32, lane: u32, scale: f32, c: u32) -> bool {
+    mask_tile(sc, &r.win, j0, lane);
+    let mut sums = [0.0f32; 2];
+    for h in 0..2 {
+        let m_use = if r.m[h] == f32::NEG_INFINITY { 0.0 } else { r.m[h] };
+        let mut sum = 0.0f32;
+        for n in 0..16 {
+            for e in 0..2 {
+                let x = exp2(fma(sc[4 * n + 2 * h + e], scale, -m_use));
+                sc[4 * n + 2 * h + e] = x;
+                sum += x;
+            }
+        }
+        sums[h] = sum;
+    }
+    // `<=` is false for NaN: a NaN or an inf sum sends the warpgroup to the exact path, and so
+    // does a row with no max yet (its scores might all underflow against 0: rows past the
+    // sequence or that see nothing yet, at most a sequence's first and last items).
+    let ok = sums[0] <= FAST_SUM_LIMIT && sums[1] <= FAST_SUM_LIMIT && r.m[0] != f32::NEG_INFINITY && r.m[1] != f32::NEG_INFINITY;
+    if bar_any(1 + c, 128, !ok) {
+        return false;
+    }
+    r.l[0] += sums[0];
+    r.l[1] += sums[1];
+    true
+}
+
+/// Lane 0: K stage `s` goes back to the producer, and Q slot `qb` after the item's last tile.
+#[inline(always)]
+unsafe fn release_k_q<const NS: u32, const QT: u32, const NQ: u32>(sm: Smem<NS, QT, NQ>, s: u32, qb: u32, e: i32, lane: u32) {
+    if lane == 0 {
+        unsafe {
+            mbar_arrive(sm.k_empty(s));
+            if e & LAST != 0 {
+                mbar_arrive(sm.q_empty(qb));
+            }
+        }
+    }
+}
+
 /// Scales both rows of O.
 #[inline(always)]
 fn rescale<O: OAcc>(o: &mut O, alpha: [f32; 2]) {
@@ -598,7 +660,7 @@ unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperFwdParams, sm: Sme
                     unsafe { mbar_arrive(sm.q_empty(qb)) };
                 }
             }
-            softmax(&mut sc, &mut r, e & !LAST, lane, scale); // O is still zero: no rescale
+            softmax(&mut sc, &mut r, tile_j0(e), lane, scale); // O is still zero: no rescale
             let mut pf = pack_a::<E, 64, 32>(&sc);
             while e & LAST == 0 {
                 let (prev, prev_ph) = (s, ph);
@@ -613,13 +675,26 @@ unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperFwdParams, sm: Sme
                     wgmma::wait::<1>(); // S(j) is done (groups complete in order)
                     keep(&mut sc);
                 }
-                if lane == 0 {
-                    unsafe { mbar_arrive(sm.k_empty(s)) };
-                    if e & LAST != 0 {
-                        unsafe { mbar_arrive(sm.q_empty(qb)) };
-                    }
-                }
-                let alpha = softmax(&mut sc, &mut r, e & !LAST, lane, scale);
+                // Partial tiles: K (and Q) go back at once, exact softmax. Full tiles skip the
+                // row max and keep K and Q until that has held (S is recomputed if it did not).
+                let alpha = if e & FULL == 0 {
+                    unsafe { release_k_q(sm, s, qb, e, lane) };
+                    softmax(&mut sc, &mut r, tile_j0(e), lane, scale)
+                } else {
+                    let alpha = if softmax_fast(&mut sc, &mut r, tile_j0(e), lane, scale, c) {
+                        None
+                    } else {
+                        // A row's scores jumped: S again, then the exact path.
+                        unsafe {
+                            issue_s::<E, O>(&mut sc, dq(qb), dk(s));
+                            wgmma::wait::<0>();
+                            keep(&mut sc);
+                        }
+                        softmax(&mut sc, &mut r, tile_j0(e), lane, scale)
+                    };
+                    unsafe { release_k_q(sm, s, qb, e, lane) };
+                    alpha
+                };
                 unsafe {
                     wgmma::wait::<0>(); // P(j-1) V(j-1) is done
                     keep(&mut o);

@@ -16,7 +16,7 @@ use crate::arch::sync::{bar_sync, opaque, thread_idx};
 use crate::arch::tma::{mbar_arrive, mbar_wait, setmaxnreg_dec, setmaxnreg_inc};
 use crate::arch::wgmma::{self, WgElement, desc, keep};
 use crate::bwd::lse2;
-use crate::hopper::{EMPTY, HALF, ItemInfo, LAST, OAcc, Smem, issue_pv, issue_s, lane0_read, mask_tile, next_item, pack_a, producer, release_empty_item, row_windows, specialise, store_acc_row};
+use crate::hopper::{EMPTY, HALF, ItemInfo, LAST, OAcc, Smem, issue_pv, issue_s, lane0_read, mask_tile, next_item, pack_a, producer, release_empty_item, row_windows, specialise, store_acc_row, tile_j0};
 use crate::item::elem_offset;
 
 const NS: u32 = HOPPER_DQ_STAGES as u32;
@@ -86,7 +86,7 @@ unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperDqParams, sm: Smem
                 wgmma::wait::<1>(); // S is done
                 keep(&mut sc);
             }
-            mask_tile(&mut sc, &win, e & !LAST, lane);
+            mask_tile(&mut sc, &win, tile_j0(e), lane);
             for n in 0..16 {
                 for h in 0..2 {
                     for x in 0..2 {

@@ -87,6 +87,18 @@ pub fn vote_any(pred: bool) -> bool {
     r != 0
 }
 
+/// `bar.red.or.pred` on named barrier `id` with `n` threads (a multiple of 32, counting this
+/// warp): waits for them and returns whether `pred` held in any of them.
+#[inline(always)]
+pub fn bar_any(id: u32, n: u32, pred: bool) -> bool {
+    let r: u32;
+    unsafe {
+        asm!("{{ .reg .pred p, q; setp.ne.u32 p, {1}, 0; bar.red.or.pred q, {2}, {3}, p; selp.u32 {0}, 1, 0, q; }}",
+             out(reg32) r, in(reg32) pred as u32, in(reg32) id, in(reg32) n, options(nostack));
+    }
+    r != 0
+}
+
 /// `shfl.sync.idx.b32` over the full warp: lane `src`'s value of `v`.
 #[inline(always)]
 pub fn shfl_idx(v: u32, src: u32) -> u32 {

@@ -29,6 +29,10 @@ struct Case {
     /// q/k/v packed in one `[tokens, 3, H, D]`-like buffer (free strides) instead of contiguous.
     packed: bool,
     seed: u64,
+    /// Key row `r` (in the token dimension) is scaled by `1 + ramp * r`: scores that keep rising
+    /// far past the running max, the case the forward's max-free softmax must hand to its exact
+    /// path (0: unit-variance keys).
+    ramp: f64,
 }
 
 /// Patterns for `h` heads by mix name.
@@ -87,6 +91,7 @@ fn grid(quick: bool) -> Vec<Case> {
                     density: [0.1, 0.3, 0.6, 1.0, 0.0][n % 5],
                     packed: false,
                     seed: n as u64,
+                    ramp: 0.0,
                 });
                 n += 1;
             }
@@ -100,13 +105,22 @@ fn grid(quick: bool) -> Vec<Case> {
                 .with_causal(causal)
                 .with_patterns(mix("mixed", 4))
                 .with_block_mask(1, 2);
-            cases.push(Case { name: format!("varlen#{i} {}", if causal { "causal" } else { "full" }), f16: i == 1, spec, density: 0.4, packed: false, seed: 100 + i as u64 });
+            cases.push(Case { name: format!("varlen#{i} {}", if causal { "causal" } else { "full" }), f16: i == 1, spec, density: 0.4, packed: false, seed: 100 + i as u64, ramp: 0.0 });
         }
     }
     // Free strides: q, k, v interleaved in one buffer.
     for causal in [false, true] {
         let spec = AttentionSpec::batched(2, 300, 300, 4, 4, 64).with_causal(causal).with_patterns(mix("mixed", 4)).with_block_mask(2, 2);
-        cases.push(Case { name: format!("packed qkv {}", if causal { "causal" } else { "full" }), f16: false, spec, density: 0.5, packed: true, seed: 200 });
+        cases.push(Case { name: format!("packed qkv {}", if causal { "causal" } else { "full" }), f16: false, spec, density: 0.5, packed: true, seed: 200, ramp: 0.0 });
+    }
+    // Rising scores: gently (the running max moves past the softmax's slack now and then) and
+    // steeply (later scores would overflow exp2 against an early max).
+    for (i, ramp) in [0.01, 0.5].into_iter().enumerate() {
+        for causal in [false, true] {
+            let d = if i == 0 { 128 } else { 64 };
+            let spec = AttentionSpec::batched(1, 700, 1100, 4, 2, d).with_causal(causal).with_patterns(mix("mixed", 4)).with_block_mask(1, 2);
+            cases.push(Case { name: format!("rising keys x{ramp} {}", if causal { "causal" } else { "full" }), f16: causal, spec, density: 0.6, packed: false, seed: 300 + i as u64, ramp });
+        }
     }
     cases
 }
@@ -143,7 +157,7 @@ fn random_cases(count: usize, seed: u64) -> Vec<Case> {
             };
             let mb = if rng.random_bool(0.5) { 1 } else { spec.batch() };
             let spec = spec.with_causal(causal).with_patterns(patterns).with_block_mask(mb, 2).with_softmax_scale(rng.random_range(0.02..0.3));
-            Case { name: format!("random#{n}"), f16: rng.random_bool(0.5), spec, density: rng.random_range(0.0..1.0), packed: false, seed: seed + 1000 + n as u64 }
+            Case { name: format!("random#{n}"), f16: rng.random_bool(0.5), spec, density: rng.random_range(0.0..1.0), packed: false, seed: seed + 1000 + n as u64, ramp: 0.0 }
         })
         .collect()
 }
@@ -163,7 +177,13 @@ fn inputs<T: Element>(case: &Case) -> Inputs {
     let s = &case.spec;
     // Unit variance, rounded to the input type so the reference sees exactly what the GPU sees.
     let mut draw = |n: usize| (0..n).map(|_| T::from_f64(rng.random_range(-1.732..1.732)).to_f64()).collect::<Vec<_>>();
-    let (q, k, v) = (draw(s.q_len()), draw(s.kv_len()), draw(s.kv_len()));
+    let (q, mut k, v) = (draw(s.q_len()), draw(s.kv_len()), draw(s.kv_len()));
+    if case.ramp > 0.0 {
+        let row = s.heads_kv * s.head_dim;
+        for (i, x) in k.iter_mut().enumerate() {
+            *x = T::from_f64(*x * (1.0 + case.ramp * (i / row) as f64)).to_f64();
+        }
+    }
     let mask = (0..s.mask_len()).map(|_| rng.random_bool(case.density) as u8).collect();
     Inputs { q, k, v, mask }
 }
@@ -178,10 +198,9 @@ struct Outcome {
     gpu_ms: f64,
 }
 
-/// Runs forward then backward on the GPU with poisoned gradient buffers, twice (the backward
-/// must be deterministic); returns dq, dk, dv.
-/// The backward in the default (fast) mode, then twice in the deterministic mode: the fast
-/// gradients, the deterministic ones, and whether the two deterministic runs agree bitwise.
+/// Forward, then the backward into poisoned gradient buffers: in the default (fast) mode, then
+/// twice in the deterministic mode. Returns the fast gradients, the deterministic ones, and
+/// whether the two deterministic runs agree bitwise.
 #[allow(clippy::type_complexity)]
 fn run_gpu_bwd<T: Element>(dev: &Device, stream: &Arc<CudaStream>, case: &Case, inp: &Inputs, d_o: &[f64]) -> Result<([[Vec<f64>; 3]; 2], bool), String> {
     let s = &case.spec;
