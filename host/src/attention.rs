@@ -495,7 +495,7 @@ impl Attention {
             };
             let (ip, _g16) = list.items.device_ptr(stream);
             bp.kv_items = ip;
-            (bp.dkdv_mode, bp.parts, bp.part_len) = (mode, lists.parts, n as u64);
+            (bp.dkdv_mode, bp.parts, bp.part_len) = (mode, parts, n as u64);
             let (skp, _g17) = sums.as_ref().map(|(k, _)| k.device_ptr(stream)).unzip();
             let (svp, _g18) = sums.as_ref().map(|(_, v)| v.device_ptr(stream)).unzip();
             if let (Some(skp), Some(svp)) = (skp, svp) {

@@ -16,7 +16,7 @@ use crate::arch::sync::{bar_sync, opaque, thread_idx};
 use crate::arch::tma::{mbar_arrive, mbar_wait, setmaxnreg_dec, setmaxnreg_inc};
 use crate::arch::wgmma::{self, WgElement, desc, keep};
 use crate::bwd::lse2;
-use crate::hopper::{EMPTY, HALF, ItemInfo, LAST, OAcc, Smem, issue_pv, issue_s, lane0_read, mask_tile, next_item, pack_a, producer, release_empty_item, row_windows, specialise, store_acc_row, tile_j0};
+use crate::hopper::{EMPTY, HALF, ItemInfo, LAST, OAcc, Smem, issue_pv, issue_s, lane0_read, mask_tile, next_item, pack_a, producer, release_empty_item, release_k_q, row_windows, specialise, store_acc_row, tile_j0};
 use crate::item::elem_offset;
 
 const NS: u32 = HOPPER_DQ_STAGES as u32;
@@ -117,12 +117,7 @@ unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperDqParams, sm: Smem
                 keep(&mut dq);
                 keep(&mut ds);
             }
-            if lane == 0 {
-                unsafe { mbar_arrive(sm.k_empty(s)) };
-                if e & LAST != 0 {
-                    unsafe { mbar_arrive(sm.q_empty(qb)) };
-                }
-            }
+            unsafe { release_k_q(sm, s, qb, e, lane) };
             if e & LAST != 0 {
                 break;
             }

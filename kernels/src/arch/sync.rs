@@ -116,5 +116,5 @@ pub fn shfl_idx(v: u32, src: u32) -> u32 {
 pub unsafe fn next_work_item(counter: u64) -> u32 {
     let old: u32;
     unsafe { asm!("atom.global.add.u32 {0}, [{1}], 1;", out(reg32) old, in(reg64) counter, options(nostack)) };
-    unsafe { core::arch::nvptx::_grid_dim_x() as u32 + old }
+    grid_dim() + old
 }
