@@ -18,6 +18,13 @@ fn main() {
         println!("cargo:rerun-if-changed={}", p.display());
     }
     let keep = ["PATH", "HOME", "CARGO_HOME", "RUSTUP_HOME", "TMPDIR"];
+    // A profiling build: timeline probes in the Hopper forward, dumped after every launch.
+    println!("cargo::rerun-if-env-changed=ATTN_TRACE");
+    println!("cargo::rustc-check-cfg=cfg(attn_trace)");
+    let trace = env::var_os("ATTN_TRACE").is_some();
+    if trace {
+        println!("cargo::rustc-cfg=attn_trace");
+    }
     for arch in ARCHS {
         let target_dir = out.join(format!("kernels-{arch}"));
         let flags = [
@@ -35,6 +42,7 @@ fn main() {
             .current_dir(&kernels)
             .args(["build", "--release", "--target", "nvptx64-nvidia-cuda", "--target-dir"])
             .arg(&target_dir)
+            .args(if trace { &["--features", "trace"][..] } else { &[] })
             .status()
             .expect("failed to run cargo for the kernels crate");
         assert!(status.success(), "building the {arch} kernels failed");

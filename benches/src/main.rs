@@ -6,7 +6,7 @@
 //! (default bench.jsonl), written as each result comes in so that a run cut short keeps them.
 //!
 //! ```text
-//! attn-bench [--lens 1024,2048,...,131072] [--causal true|false|both] [--iters N] [--only SUBSTR]
+//! attn-bench [--lens 1024,2048,...,131072] [--causal true|false|both] [--iters N] [--only SUBSTR|=NAME]
 //!            [--variant portable|portable-bwd|ENTRY:KEY_TILE:THREADS] [--json PATH] [--dump-masks DIR [--dump-only]]
 //!            [--bwd [--deterministic]] [--heads-kv N]
 //! ```
@@ -359,7 +359,7 @@ fn main() -> std::process::ExitCode {
 fn run() -> block_sparse_attn::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|a| a == "--help" || a == "-h") {
-        println!("usage: attn-bench [--lens {DEFAULT_LENS}] [--causal true|false|both] [--iters 20] [--only SUBSTR] [--bwd]");
+        println!("usage: attn-bench [--lens {DEFAULT_LENS}] [--causal true|false|both] [--iters 20] [--only SUBSTR|=NAME] [--bwd]");
         println!("                  [--variant portable|portable-bwd|ENTRY:KEY_TILE:THREADS] [--json bench.jsonl] [--dump-masks DIR [--dump-only]]");
         println!("                  [--deterministic] [--heads-kv 32]");
         println!("--bwd also times forward + backward (column fwd+bwd, JSON fwd_bwd_ms); --deterministic runs the backward's");
@@ -419,7 +419,7 @@ fn run() -> block_sparse_attn::Result<()> {
             }
             let mut dense_ms = f64::NAN;
             for w in workloads() {
-                if only.is_some_and(|o| !w.name.contains(o)) {
+                if only.is_some_and(|o| o.strip_prefix('=').map_or(!w.name.contains(o), |exact| w.name != exact)) {
                     continue;
                 }
                 let mask = w.density.map(|d| block_mask(H, nb, d, causal, mix(s as u64) ^ (d * 1000.0) as u64));

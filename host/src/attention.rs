@@ -276,6 +276,7 @@ impl Attention {
             let cfg = LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (HOPPER_THREADS, 1, 1), shared_mem_bytes: kernel.smem as u32 };
             let arg = ByValue(hp);
             unsafe { stream.launch_builder(&kernel.func).arg(&arg).launch(cfg)? };
+            trace::dump(stream, &bytes, maps.len() * TENSOR_MAP_BYTES + 16)?;
             return Ok(());
         }
         let kernel = &device.fwd[T::KERNEL][head_dim_class(spec)?];
@@ -290,7 +291,7 @@ impl Attention {
 /// persistent grids hand out items from it; see [`counter_at`]).
 fn upload_maps(stream: &Arc<CudaStream>, maps: &[TensorMapBytes]) -> Result<CudaSlice<u8>> {
     let mut bytes = maps.concat();
-    bytes.resize(bytes.len() + 16, 0);
+    bytes.resize(bytes.len() + 16 + trace::BYTES, 0);
     Ok(stream.clone_htod(&bytes)?)
 }
 
@@ -684,5 +685,33 @@ mod tests {
         assert_eq!(group_parts(4, 2, 132), 4); // at most one head per item
         assert_eq!(group_parts(8, 0, 132), 1);
         assert_eq!(group_parts(1 << 17, 1, 132), 1); // beyond what `group_part` can name
+    }
+}
+
+/// The profiling build's timeline (`ATTN_TRACE=path` at build and run time): space for the
+/// Hopper forward's probes after the work counter, written to `path` after every launch.
+#[cfg(attn_trace)]
+mod trace {
+    use super::*;
+    /// 132 CTAs × 3 roles × 4096 words (`kernels::trace`).
+    pub const BYTES: usize = 132 * 3 * 4096 * 8;
+
+    pub fn dump(stream: &Arc<CudaStream>, bytes: &CudaSlice<u8>, at: usize) -> Result<()> {
+        let host = stream.clone_dtoh(bytes)?;
+        if let Some(path) = std::env::var_os("ATTN_TRACE") {
+            std::fs::write(path, &host[at..]).expect("writing the trace");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(not(attn_trace))]
+mod trace {
+    use super::*;
+    pub const BYTES: usize = 0;
+
+    #[inline(always)]
+    pub fn dump(_: &Arc<CudaStream>, _: &CudaSlice<u8>, _: usize) -> Result<()> {
+        Ok(())
     }
 }

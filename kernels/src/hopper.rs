@@ -53,6 +53,15 @@ pub(crate) fn tile_j0(e: i32) -> i32 {
 pub(crate) const EMPTY: i32 = -1;
 /// The item slot's value once every item has been taken.
 pub(crate) const NO_ITEM: u32 = u32::MAX;
+
+/// A timeline probe of the profiling build (feature `trace`, see `crate::trace`); nothing
+/// otherwise.
+macro_rules! tmark {
+    ($tr:ident, $code:expr) => {
+        #[cfg(feature = "trace")]
+        $tr.mark($code);
+    };
+}
 /// Arrivals that free a stage or the Q tile: lane 0 of each of the 8 consumer warps.
 const CONSUMER_WARPS: u32 = 8;
 
@@ -226,6 +235,8 @@ pub(crate) unsafe fn producer<O: OAcc, const NS: u32, const QT: u32, const NQ: u
     let mut tile = 0u32;
     let mut n_item = 0u32;
     let mut idx = block_idx();
+    #[cfg(feature = "trace")]
+    let mut tr = crate::trace::Trace::new(p.counter, block_idx(), 0, true);
     loop {
         if idx >= p.n_items {
             // Tell the consumers, once they are done with the last Q tile.
@@ -238,6 +249,7 @@ pub(crate) unsafe fn producer<O: OAcc, const NS: u32, const QT: u32, const NQ: u
             break;
         }
         let (item, seq, rule) = item_at(p, idx);
+        tmark!(tr, 10);
         let f = &p.f;
         let i0 = item.q_block as i32 * BLK;
         let i1 = (i0 + BLK).min(seq.q_len) - 1;
@@ -253,6 +265,7 @@ pub(crate) unsafe fn producer<O: OAcc, const NS: u32, const QT: u32, const NQ: u
         unsafe {
             let b = n_item % NQ;
             mbar_wait(sm.q_empty(b), ((n_item / NQ) & 1) ^ 1);
+            tmark!(tr, 11);
             *(shared_ptr(sm.item(b)) as *mut ItemInfo) = ItemInfo { idx, item, seq, rule };
             mbar_arrive_expect_tx(sm.q_full(b), QT * (HOPPER_ROWS * O::D * 2) as u32);
             for t in 0..QT {
@@ -281,6 +294,7 @@ pub(crate) unsafe fn producer<O: OAcc, const NS: u32, const QT: u32, const NQ: u
             let free = ((tile / NS) & 1) ^ 1;
             unsafe {
                 mbar_wait(sm.k_empty(s), free);
+                tmark!(tr, 12);
                 // Every row sees the whole tile (a tile in the sink only counts as partial).
                 let full = if j0 >= full_from && j0 + BK - 1 <= full_to { FULL } else { 0 };
                 *(shared_ptr(sm.ring(s))) = (j0 | full | if next < 0 { LAST } else { 0 }) as u32;
@@ -290,6 +304,7 @@ pub(crate) unsafe fn producer<O: OAcc, const NS: u32, const QT: u32, const NQ: u
                     tma_load_4d(sm.k + s * tile_bytes + h as u32 * HALF, map_k, sm.k_full(s), [h * 64, row, kv_head, batch]);
                 }
                 mbar_wait(sm.v_empty(s), free);
+                tmark!(tr, 13);
                 mbar_arrive_expect_tx(sm.v_full(s), tile_bytes);
                 for h in 0..halves {
                     tma_load_4d(sm.v + s * tile_bytes + h as u32 * HALF, map_v, sm.v_full(s), [h * 64, row, kv_head, batch]);
@@ -300,6 +315,7 @@ pub(crate) unsafe fn producer<O: OAcc, const NS: u32, const QT: u32, const NQ: u
         }
         n_item += 1;
         idx = unsafe { next_work_item(p.counter) };
+        tmark!(tr, 14);
     }
 }
 
@@ -635,9 +651,12 @@ unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperFwdParams, sm: Sme
     let causal = p.f.causal != 0;
     let mut tile = 0u32;
     let mut n_item = 0u32;
+    #[cfg(feature = "trace")]
+    let mut tr = crate::trace::Trace::new(p.counter, block_idx(), 1 + c, t == 0);
     loop {
         let qb = n_item % NQ;
         let Some(ItemInfo { item, seq, rule, .. }) = (unsafe { next_item(sm, n_item, lane) }) else { break };
+        tmark!(tr, 1);
         let i0 = item.q_block as i32 * BLK;
         let mut r = Rows {
             win: row_windows(rule, causal, &seq, i0 + row),
@@ -647,6 +666,7 @@ unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperFwdParams, sm: Sme
         let mut o = O::zero();
         let (mut s, mut ph) = (tile % NS, (tile / NS) & 1);
         unsafe { mbar_wait(sm.k_full(s), ph) };
+        tmark!(tr, 2);
         let mut e = unsafe { lane0_read(sm.ring(s), lane) } as i32;
         tile += 1;
         if e == EMPTY {
@@ -658,6 +678,7 @@ unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperFwdParams, sm: Sme
                 wgmma::wait::<0>();
                 keep(&mut sc);
             }
+            tmark!(tr, 3);
             // Written out rather than `release_k_q`: that call here changed the block layout and
             // cost block streaming 3-9% at 32k (measured, H100).
             if lane == 0 {
@@ -667,20 +688,24 @@ unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperFwdParams, sm: Sme
                 }
             }
             softmax(&mut sc, &mut r, tile_j0(e), lane, scale); // O is still zero: no rescale
+            tmark!(tr, 4);
             let mut pf = pack_a::<E, 64, 32>(&sc);
             while e & LAST == 0 {
                 let (prev, prev_ph) = (s, ph);
                 (s, ph) = (tile % NS, (tile / NS) & 1);
                 unsafe { mbar_wait(sm.k_full(s), ph) };
+                tmark!(tr, 2);
                 e = unsafe { lane0_read(sm.ring(s), lane) } as i32;
                 tile += 1;
                 unsafe {
                     issue_s::<E, O>(&mut sc, dq(qb), dk(s));
                     mbar_wait(sm.v_full(prev), prev_ph);
+                    tmark!(tr, 6);
                     issue_pv::<E, O>(&mut o, &mut pf, dv(prev));
                     wgmma::wait::<1>(); // S(j) is done (groups complete in order)
                     keep(&mut sc);
                 }
+                tmark!(tr, 3);
                 // Partial tiles: K (and Q) go back at once, exact softmax. Full tiles skip the
                 // row max and keep K and Q until that has held (S is recomputed if it did not).
                 let alpha = if e & FULL == 0 {
@@ -701,11 +726,13 @@ unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperFwdParams, sm: Sme
                     unsafe { release_k_q(sm, s, qb, e, lane) };
                     alpha
                 };
+                tmark!(tr, 4);
                 unsafe {
                     wgmma::wait::<0>(); // P(j-1) V(j-1) is done
                     keep(&mut o);
                     keep(&mut pf);
                 }
+                tmark!(tr, 5);
                 if lane == 0 {
                     unsafe { mbar_arrive(sm.v_empty(prev)) };
                 }
@@ -716,10 +743,12 @@ unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperFwdParams, sm: Sme
             }
             unsafe {
                 mbar_wait(sm.v_full(s), ph);
+                tmark!(tr, 6);
                 issue_pv::<E, O>(&mut o, &mut pf, dv(s));
                 wgmma::wait::<0>();
                 keep(&mut o);
             }
+            tmark!(tr, 7);
             if lane == 0 {
                 unsafe { mbar_arrive(sm.v_empty(s)) };
             }
@@ -742,6 +771,7 @@ unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperFwdParams, sm: Sme
                 unsafe { *(f.lse as *mut f32).add(at as usize) = lse };
             }
         }
+        tmark!(tr, 8);
         n_item += 1;
     }
 }

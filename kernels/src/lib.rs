@@ -17,6 +17,8 @@ pub mod hopper_bwd;
 pub mod hopper_dq;
 pub mod item;
 pub mod tiles;
+#[cfg(all(target_feature = "sm_90a", feature = "trace"))]
+pub mod trace;
 
 use arch::mma::{Bf16, F16};
 use attn_common::{BwdParams, CompactParams, FwdParams, ReduceParams};
