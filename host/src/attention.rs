@@ -693,8 +693,8 @@ mod tests {
 #[cfg(attn_trace)]
 mod trace {
     use super::*;
-    /// 132 CTAs × 3 roles × 4096 words (`kernels::trace`).
-    pub const BYTES: usize = 132 * 3 * 4096 * 8;
+    /// 132 CTAs × 3 roles × 16384 words (`kernels::trace`).
+    pub const BYTES: usize = 132 * 3 * 16384 * 8;
 
     pub fn dump(stream: &Arc<CudaStream>, bytes: &CudaSlice<u8>, at: usize) -> Result<()> {
         let host = stream.clone_dtoh(bytes)?;

@@ -653,6 +653,8 @@ unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperFwdParams, sm: Sme
     let mut n_item = 0u32;
     #[cfg(feature = "trace")]
     let mut tr = crate::trace::Trace::new(p.counter, block_idx(), 1 + c, t == 0);
+    #[cfg(feature = "trace")]
+    tr.mark_global(30);
     loop {
         let qb = n_item % NQ;
         let Some(ItemInfo { item, seq, rule, .. }) = (unsafe { next_item(sm, n_item, lane) }) else { break };
@@ -774,4 +776,6 @@ unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperFwdParams, sm: Sme
         tmark!(tr, 8);
         n_item += 1;
     }
+    #[cfg(feature = "trace")]
+    tr.mark_global(31);
 }

@@ -1,10 +1,11 @@
 //! Timeline probes for the Hopper forward (feature `trace`, a profiling build only): one
 //! thread per role writes `(code << 56) | clock64` words to its own list, after the work
-//! counter (the host's `ATTN_TRACE` build reserves the space and dumps it after each launch).
+//! counter (the host's `ATTN_TRACE` build reserves the space and dumps it after each launch;
+//! `benches/trace_report.py` summarises a dump).
 use core::arch::asm;
 
 /// Words per (CTA, role) list; later events are dropped.
-pub const EVENTS: u32 = 4096;
+pub const EVENTS: u32 = 16384;
 /// Producer, consumer 0, consumer 1.
 pub const ROLES: u32 = 3;
 
@@ -13,6 +14,14 @@ pub const ROLES: u32 = 3;
 pub fn clock64() -> u64 {
     let r: u64;
     unsafe { asm!("mov.u64 {r}, %clock64;", r = out(reg64) r, options(nomem, nostack)) };
+    r
+}
+
+/// `mov.u64 %globaltimer`: nanoseconds, the same clock on every SM.
+#[inline(always)]
+pub fn globaltimer() -> u64 {
+    let r: u64;
+    unsafe { asm!("mov.u64 {r}, %globaltimer;", r = out(reg64) r, options(nomem, nostack)) };
     r
 }
 
@@ -29,11 +38,27 @@ impl Trace {
         Trace { base: counter + 16 + 8 * ((cta * ROLES + role) * EVENTS) as u64, n: 0, on }
     }
 
+    /// Event `code` at the SM's cycle count (dropped once the list is full but for its last word).
     #[inline(always)]
     pub fn mark(&mut self, code: u64) {
-        if self.on && self.n < EVENTS {
-            unsafe { *((self.base + 8 * self.n as u64) as *mut u64) = (code << 56) | (clock64() & ((1 << 56) - 1)) };
+        if self.n < EVENTS - 1 {
+            self.put(self.n, code, clock64());
             self.n += 1;
+        }
+    }
+
+    /// Event `code` at the global nanosecond clock (to line CTAs up); always kept (the last
+    /// word of a full list).
+    #[inline(always)]
+    pub fn mark_global(&mut self, code: u64) {
+        self.put(self.n.min(EVENTS - 1), code, globaltimer());
+        self.n += 1;
+    }
+
+    #[inline(always)]
+    fn put(&self, at: u32, code: u64, t: u64) {
+        if self.on {
+            unsafe { *((self.base + 8 * at as u64) as *mut u64) = (code << 56) | (t & ((1 << 56) - 1)) };
         }
     }
 }
