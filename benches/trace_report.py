@@ -7,8 +7,8 @@ Build and run (the file is rewritten after every launch, so time one workload pe
         --iters 2 --only =token_stream_64_256 --json /dev/null
     python3 benches/trace_report.py /tmp/token.bin
 
-Layout (kernels/src/trace.rs): per CTA, per role (producer, consumer 0, consumer 1), EVENTS
-64-bit words `(code << 56) | time`; time is the SM's clock64 but for codes 30 / 31 (consumer
+Layout (kernels/src/trace.rs; EVENTS is TRACE_EVENTS in common/src/abi.rs): per CTA, per role
+(producer, consumer 0, consumer 1), EVENTS 64-bit words `(code << 56) | time`; time is the SM's clock64 but for codes 30 / 31 (consumer
 start / end, %globaltimer in ns, the end always in the list's last word). The report gives, per
 role, the mean cycles between consecutive events (where an item's time goes), the time from the
 producer's Q load to the consumers' start of the item (the Q load's latency), and the spread of

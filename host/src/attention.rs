@@ -269,10 +269,10 @@ impl Attention {
         let io = [(qp, q.strides), (kp, k.strides), (vp, v.strides), (op, o.strides)];
         let params = self.fwd_params(&tables.ptrs(), io, lsep, (lp, cp));
         if let Some((kernel, maps)) = self.hopper_maps::<T>(device.hopper_kernel(T::KERNEL, spec.head_dim), &[(io[0], true, BK), (io[1], false, BK), (io[2], false, BK)]) {
-            let bytes = upload_maps(stream, &maps)?;
+            let grid = self.n_items.min(device.sm_count());
+            let bytes = upload_maps(stream, &maps, trace::bytes(grid))?;
             let (mp, _g8) = bytes.device_ptr(stream);
             let hp = self.hopper_params(params, mp, &maps);
-            let grid = self.n_items.min(device.sm_count());
             let cfg = LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (HOPPER_THREADS, 1, 1), shared_mem_bytes: kernel.smem as u32 };
             let arg = ByValue(hp);
             unsafe { stream.launch_builder(&kernel.func).arg(&arg).launch(cfg)? };
@@ -288,10 +288,10 @@ impl Attention {
 }
 
 /// One upload per call for a Hopper kernel: its tensor maps, then a zeroed work counter (the
-/// persistent grids hand out items from it; see [`counter_at`]).
-fn upload_maps(stream: &Arc<CudaStream>, maps: &[TensorMapBytes]) -> Result<CudaSlice<u8>> {
+/// persistent grids hand out items from it; see [`counter_at`]), then `extra` zeroed bytes.
+fn upload_maps(stream: &Arc<CudaStream>, maps: &[TensorMapBytes], extra: usize) -> Result<CudaSlice<u8>> {
     let mut bytes = maps.concat();
-    bytes.resize(bytes.len() + 16 + trace::BYTES, 0);
+    bytes.resize(bytes.len() + 16 + extra, 0);
     Ok(stream.clone_htod(&bytes)?)
 }
 
@@ -455,7 +455,7 @@ impl Attention {
             let arg = ByValue(bp);
             unsafe { stream.launch_builder(&kernels.dsum).arg(&arg).launch(cfg)? };
             if let Some((kernel, maps)) = self.hopper_maps::<T>(device.hopper_dq_kernel(T::KERNEL, spec.head_dim), &[(io[0], true, BK), (io[1], false, BK), (io[2], false, BK), ((dop, qs), true, BK)]) {
-                let bytes = upload_maps(stream, &maps)?; // Q, K, V, dO
+                let bytes = upload_maps(stream, &maps, 0)?; // Q, K, V, dO
                 let (mp, _g16) = bytes.device_ptr(stream);
                 let hp = HopperDqParams {
                     h: self.hopper_params(bp.f, mp, &maps),
@@ -503,7 +503,7 @@ impl Attention {
                 (bp.dk, bp.dv) = (skp, svp);
             }
             if let Some(((kernel, maps), _)) = hopper {
-                let bytes = upload_maps(stream, &maps)?; // Q, dO, K, V
+                let bytes = upload_maps(stream, &maps, 0)?; // Q, dO, K, V
                 let (mp, _g19) = bytes.device_ptr(stream);
                 let hp = HopperBwdParams { b: bp, tensor_maps: mp, counter: counter_at(mp, &maps), n_items: list.len, packed: spec.is_varlen() as u32 };
                 let cfg = LaunchConfig { grid_dim: (list.len.min(device.sm_count()), 1, 1), block_dim: (HOPPER_THREADS, 1, 1), shared_mem_bytes: kernel.smem as u32 };
@@ -693,8 +693,12 @@ mod tests {
 #[cfg(attn_trace)]
 mod trace {
     use super::*;
-    /// 132 CTAs × 3 roles × 16384 words (`kernels::trace`).
-    pub const BYTES: usize = 132 * 3 * 16384 * 8;
+    use attn_common::{TRACE_EVENTS, TRACE_ROLES};
+
+    /// The probe lists of a forward grid of `grid` CTAs.
+    pub fn bytes(grid: u32) -> usize {
+        (grid * TRACE_ROLES * TRACE_EVENTS) as usize * 8
+    }
 
     pub fn dump(stream: &Arc<CudaStream>, bytes: &CudaSlice<u8>, at: usize) -> Result<()> {
         let host = stream.clone_dtoh(bytes)?;
@@ -708,7 +712,10 @@ mod trace {
 #[cfg(not(attn_trace))]
 mod trace {
     use super::*;
-    pub const BYTES: usize = 0;
+
+    pub fn bytes(_: u32) -> usize {
+        0
+    }
 
     #[inline(always)]
     pub fn dump(_: &Arc<CudaStream>, _: &CudaSlice<u8>, _: usize) -> Result<()> {

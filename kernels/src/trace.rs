@@ -2,12 +2,8 @@
 //! thread per role writes `(code << 56) | clock64` words to its own list, after the work
 //! counter (the host's `ATTN_TRACE` build reserves the space and dumps it after each launch;
 //! `benches/trace_report.py` summarises a dump).
+use attn_common::{TRACE_EVENTS as EVENTS, TRACE_ROLES as ROLES};
 use core::arch::asm;
-
-/// Words per (CTA, role) list; later events are dropped.
-pub const EVENTS: u32 = 16384;
-/// Producer, consumer 0, consumer 1.
-pub const ROLES: u32 = 3;
 
 /// `mov.u64 %clock64`: the SM's cycle counter.
 #[inline(always)]
