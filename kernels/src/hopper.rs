@@ -4,9 +4,9 @@
 //! A CTA of three warpgroups loops over work items: first item `blockIdx.x`, then the next
 //! untaken one from a global counter (the plan orders them heaviest first within groups of heads
 //! that share L2, so the short items fill the tail). Warpgroup 0 is the producer: one thread walks each item's key tiles (128 keys, one mask block) and
-//! brings Q and the K/V tiles in with TMA, into rings of `HOPPER_STAGES` K and V stages guarded
-//! by mbarriers (K and V apart, so a K stage refills while its V is still in use); it keeps 40
-//! registers. Warpgroups 1 and 2 are the consumers, 64 query rows each,
+//! brings Q (two slots: the next item's Q loads while this one runs) and the K/V tiles in with
+//! TMA, into rings of `HOPPER_STAGES` K and `HOPPER_V_STAGES` V stages guarded by mbarriers (K
+//! and V apart, so a K stage refills while its V is still in use); it keeps 40 registers. Warpgroups 1 and 2 are the consumers, 64 query rows each,
 //! with 232 registers: S = Q Kᵀ by wgmma from shared memory, the token mask on partial tiles
 //! only, the online softmax in registers, then O += P V by wgmma with P straight from the S
 //! registers. The two consumers are not synchronised with each other, so the softmax of one
@@ -17,15 +17,15 @@
 //! shared memory: the tile's first key, `LAST` on an item's last tile, `EMPTY` for an item with
 //! no tile at all, whose rows get o = 0, lse = -inf).
 use attn_common::{
-    BLK, HOPPER_KEYS, HOPPER_Q_TILES, HOPPER_ROWS, HOPPER_STAGES, HeadRule, HopperFwdParams, KIND_BLOCK_STREAMING,
+    BLK, HOPPER_KEYS, HOPPER_Q_TILES, HOPPER_ROWS, HOPPER_STAGES, HOPPER_V_STAGES, HeadRule, HopperFwdParams, KIND_BLOCK_STREAMING,
     KIND_TOKEN_STREAMING, RowSpan, RowWindow, SeqInfo, TENSOR_MAP_BYTES, WorkItem, row_window,
 };
 
 use crate::arch::global::{red_add_f32, st_global_v4};
 use crate::arch::math::{exp2, fma, log2};
 use crate::arch::mma::Element;
-use crate::arch::smem::{dynamic_smem, ld_shared_u32, smem_u32};
-use crate::arch::sync::{bar_any, bar_sync, block_idx, next_work_item, quad_transpose, shfl_idx, shfl_xor, thread_idx, vote_any};
+use crate::arch::smem::{dynamic_smem, ld_shared_u32, ld_shared_v4, smem_u32, st_shared_u32, st_shared_v4};
+use crate::arch::sync::{bar_any, bar_sync, block_idx, next_work_item, opaque, quad_transpose, shfl_idx, shfl_xor, syncwarp, thread_idx, vote_any};
 use crate::arch::tma::{fence_mbar_init, mbar_arrive, mbar_arrive_expect_tx, mbar_init, mbar_wait, prefetch_tensormap, setmaxnreg_dec, setmaxnreg_inc, tma_load_4d};
 use crate::arch::wgmma::{self, Keep, WgElement, desc, keep};
 use crate::item::{self, elem_offset, head_rule, item_walk};
@@ -35,6 +35,7 @@ const LN2: f32 = core::f32::consts::LN_2;
 /// (log2 units) past the max they are kept against.
 const RESCALE_SLACK: f32 = 8.0;
 const NS: u32 = HOPPER_STAGES as u32;
+const NV: u32 = HOPPER_V_STAGES as u32;
 const NQ: u32 = HOPPER_Q_TILES as u32;
 pub(crate) const BK: i32 = HOPPER_KEYS as i32;
 /// Bytes of one 64-column block of a 128-row tile (rows of 128 bytes).
@@ -94,11 +95,11 @@ macro_rules! o_acc {
 o_acc!(32, 64, mma_rs_n64);
 o_acc!(64, 128, mma_rs_n128);
 
-/// Shared-memory layout (32-bit `.shared` addresses): the query-side tiles (`QT` per item: Q, or
-/// Q and dO for the backward's dQ kernel), `NS` K stages, `NS` V stages, then the barriers, the
-/// tile ring and the item slots.
+/// Shared-memory layout (32-bit `.shared` addresses): `NQ` slots of query-side tiles (`QT` per
+/// item: Q, or Q and dO for the backward's dQ kernel), `NS` K stages, `NV` V stages, then the
+/// barriers, the tile ring (one entry per K stage) and the item slots.
 #[derive(Clone, Copy)]
-pub(crate) struct Smem<const NS: u32, const QT: u32, const NQ: u32> {
+pub(crate) struct Smem<const NS: u32, const NV: u32, const QT: u32, const NQ: u32> {
     q: u32,
     pub(crate) k: u32,
     pub(crate) v: u32,
@@ -106,7 +107,7 @@ pub(crate) struct Smem<const NS: u32, const QT: u32, const NQ: u32> {
     bars: u32,
 }
 
-impl<const NS: u32, const QT: u32, const NQ: u32> Smem<NS, QT, NQ> {
+impl<const NS: u32, const NV: u32, const QT: u32, const NQ: u32> Smem<NS, NV, QT, NQ> {
     #[inline(always)]
     pub(crate) fn new(base: u32, d: usize) -> Self {
         // Q tiles and K/V tiles share one size and one column-block stride (`HALF`).
@@ -115,7 +116,7 @@ impl<const NS: u32, const QT: u32, const NQ: u32> Smem<NS, QT, NQ> {
         let q = base;
         let k = q + NQ * QT * tile_bytes;
         let v = k + NS * tile_bytes;
-        Smem { q, k, v, tile_bytes, bars: v + NS * tile_bytes }
+        Smem { q, k, v, tile_bytes, bars: v + NV * tile_bytes }
     }
     /// Query-side tile `t` (0: Q, 1: dO) of slot `b`.
     pub(crate) fn q(&self, b: u32, t: u32) -> u32 {
@@ -130,22 +131,22 @@ impl<const NS: u32, const QT: u32, const NQ: u32> Smem<NS, QT, NQ> {
     pub(crate) fn k_full(&self, s: u32) -> u32 {
         self.bars + 16 * NQ + 8 * s
     }
-    pub(crate) fn v_full(&self, s: u32) -> u32 {
+    pub(crate) fn k_empty(&self, s: u32) -> u32 {
         self.bars + 16 * NQ + 8 * (NS + s)
     }
-    pub(crate) fn k_empty(&self, s: u32) -> u32 {
-        self.bars + 16 * NQ + 8 * (2 * NS + s)
+    pub(crate) fn v_full(&self, s: u32) -> u32 {
+        self.bars + 16 * (NQ + NS) + 8 * s
     }
     pub(crate) fn v_empty(&self, s: u32) -> u32 {
-        self.bars + 16 * NQ + 8 * (3 * NS + s)
-    }
-    pub(crate) fn ring(&self, s: u32) -> u32 {
-        self.bars + 16 * NQ + 32 * NS + 4 * s
+        self.bars + 16 * (NQ + NS) + 8 * (NV + s)
     }
     /// The item Q tile `b` belongs to: its index (`NO_ITEM` at the end), then its `WorkItem`,
-    /// `SeqInfo` and `HeadRule` (13 words).
+    /// `SeqInfo` and `HeadRule` (13 words; 16-byte aligned).
     pub(crate) fn item(&self, b: u32) -> u32 {
-        self.bars + 16 * NQ + 36 * NS + 64 * b
+        self.bars + 16 * (NQ + NS + NV) + 64 * b
+    }
+    pub(crate) fn ring(&self, s: u32) -> u32 {
+        self.bars + 16 * (NQ + NS + NV) + 64 * NQ + 4 * s
     }
     /// Initialises the barriers (one thread, before the CTA barrier that publishes them).
     #[inline(always)]
@@ -157,8 +158,10 @@ impl<const NS: u32, const QT: u32, const NQ: u32> Smem<NS, QT, NQ> {
             }
             for s in 0..NS {
                 mbar_init(self.k_full(s), 1);
-                mbar_init(self.v_full(s), 1);
                 mbar_init(self.k_empty(s), CONSUMER_WARPS);
+            }
+            for s in 0..NV {
+                mbar_init(self.v_full(s), 1);
                 mbar_init(self.v_empty(s), CONSUMER_WARPS);
             }
             fence_mbar_init();
@@ -215,14 +218,14 @@ pub(crate) use specialise;
 
 #[inline(always)]
 pub unsafe fn attn_fwd_hopper<E: Element + WgElement, O: OAcc>(p: &HopperFwdParams) {
-    let sm = Smem::<NS, 1, NQ>::new(smem_u32(dynamic_smem()), O::D);
-    specialise!(sm, producer::<O, NS, 1, NQ>(p, sm), |c, t| consumer::<E, O>(p, sm, c, t));
+    let sm = Smem::<NS, NV, 1, NQ>::new(smem_u32(dynamic_smem()), O::D);
+    specialise!(sm, producer::<O, NS, NV, 1, NQ>(p, sm), |c, t| consumer::<E, O>(p, sm, c, t));
 }
 
 /// One thread: for each item, Q (and dO, `QT` = 2: tensor map 3) then every key tile of its
 /// walk, through the ring.
 #[inline(always)]
-pub(crate) unsafe fn producer<O: OAcc, const NS: u32, const QT: u32, const NQ: u32>(p: &HopperFwdParams, sm: Smem<NS, QT, NQ>) {
+pub(crate) unsafe fn producer<O: OAcc, const NS: u32, const NV: u32, const QT: u32, const NQ: u32>(p: &HopperFwdParams, sm: Smem<NS, NV, QT, NQ>) {
     let maps = p.tensor_maps;
     let (map_q, map_k, map_v) = (maps, maps + TENSOR_MAP_BYTES as u64, maps + 2 * TENSOR_MAP_BYTES as u64);
     unsafe {
@@ -243,7 +246,7 @@ pub(crate) unsafe fn producer<O: OAcc, const NS: u32, const QT: u32, const NQ: u
             unsafe {
                 let b = n_item % NQ;
                 mbar_wait(sm.q_empty(b), ((n_item / NQ) & 1) ^ 1);
-                *(shared_ptr(sm.item(b))) = NO_ITEM;
+                st_shared_u32(sm.item(b), NO_ITEM);
                 mbar_arrive(sm.q_full(b));
             }
             break;
@@ -263,10 +266,13 @@ pub(crate) unsafe fn producer<O: OAcc, const NS: u32, const QT: u32, const NQ: u
         let batch = if p.packed != 0 { 0 } else { item.batch as i32 };
         let kv_head = (item.head / f.group) as i32;
         unsafe {
+            // The slot's barrier address recomputed from the base (`opaque`): held across the
+            // item's tiles, it was what the 40-register producer spilled at D = 64.
             let b = n_item % NQ;
-            mbar_wait(sm.q_empty(b), ((n_item / NQ) & 1) ^ 1);
+            let slot = Smem::<NS, NV, QT, NQ>::new(opaque(sm.q), O::D);
+            mbar_wait(slot.q_empty(b), ((n_item / NQ) & 1) ^ 1);
             tmark!(tr, 11);
-            *(shared_ptr(sm.item(b)) as *mut ItemInfo) = ItemInfo { idx, item, seq, rule };
+            write_item(sm.item(b), ItemInfo { idx, item, seq, rule });
             mbar_arrive_expect_tx(sm.q_full(b), QT * (HOPPER_ROWS * O::D * 2) as u32);
             for t in 0..QT {
                 let map = if t == 0 { map_q } else { maps + 3 * TENSOR_MAP_BYTES as u64 };
@@ -277,23 +283,21 @@ pub(crate) unsafe fn producer<O: OAcc, const NS: u32, const QT: u32, const NQ: u
         }
         let mut j0 = unsafe { walk.next() };
         if j0 < 0 {
-            let s = tile % NS;
-            let free = ((tile / NS) & 1) ^ 1;
+            let (s, vs) = (tile % NS, tile % NV);
             unsafe {
-                mbar_wait(sm.k_empty(s), free);
+                mbar_wait(sm.k_empty(s), ((tile / NS) & 1) ^ 1);
                 *(shared_ptr(sm.ring(s))) = EMPTY as u32;
                 mbar_arrive(sm.k_full(s));
-                mbar_wait(sm.v_empty(s), free);
-                mbar_arrive(sm.v_full(s));
+                mbar_wait(sm.v_empty(vs), ((tile / NV) & 1) ^ 1);
+                mbar_arrive(sm.v_full(vs));
             }
             tile += 1;
         }
         while j0 >= 0 {
             let next = unsafe { walk.next() };
-            let s = tile % NS;
-            let free = ((tile / NS) & 1) ^ 1;
+            let (s, vs) = (tile % NS, tile % NV);
             unsafe {
-                mbar_wait(sm.k_empty(s), free);
+                mbar_wait(sm.k_empty(s), ((tile / NS) & 1) ^ 1);
                 tmark!(tr, 12);
                 // Every row sees the whole tile (a tile in the sink only counts as partial).
                 let full = if j0 >= full_from && j0 + BK - 1 <= full_to { FULL } else { 0 };
@@ -303,11 +307,11 @@ pub(crate) unsafe fn producer<O: OAcc, const NS: u32, const QT: u32, const NQ: u
                 for h in 0..halves {
                     tma_load_4d(sm.k + s * tile_bytes + h as u32 * HALF, map_k, sm.k_full(s), [h * 64, row, kv_head, batch]);
                 }
-                mbar_wait(sm.v_empty(s), free);
+                mbar_wait(sm.v_empty(vs), ((tile / NV) & 1) ^ 1);
                 tmark!(tr, 13);
-                mbar_arrive_expect_tx(sm.v_full(s), tile_bytes);
+                mbar_arrive_expect_tx(sm.v_full(vs), tile_bytes);
                 for h in 0..halves {
-                    tma_load_4d(sm.v + s * tile_bytes + h as u32 * HALF, map_v, sm.v_full(s), [h * 64, row, kv_head, batch]);
+                    tma_load_4d(sm.v + vs * tile_bytes + h as u32 * HALF, map_v, sm.v_full(vs), [h * 64, row, kv_head, batch]);
                 }
             }
             tile += 1;
@@ -342,16 +346,49 @@ pub(crate) unsafe fn lane0_read(addr: u32, lane: u32) -> u32 {
 /// Waits for the query-side tiles of the consumers' `n_item`-th item and reads its description
 /// (published by the producer with them); `None` once the work is done.
 #[inline(always)]
-pub(crate) unsafe fn next_item<const NS: u32, const QT: u32, const NQ: u32>(sm: Smem<NS, QT, NQ>, n_item: u32, lane: u32) -> Option<ItemInfo> {
+pub(crate) unsafe fn next_item<const NS: u32, const NV: u32, const QT: u32, const NQ: u32>(sm: Smem<NS, NV, QT, NQ>, n_item: u32, lane: u32) -> Option<ItemInfo> {
     let qb = n_item % NQ;
     unsafe { mbar_wait(sm.q_full(qb), (n_item / NQ) & 1) };
+    let info = unsafe { read_item(sm, qb, lane) };
+    (info.idx != NO_ITEM).then_some(info)
+}
+
+/// Publishes an item's description at `addr` (its slot): four vector stores through a 32-bit
+/// address (a generic pointer cost the 40-register producer a spill).
+#[inline(always)]
+unsafe fn write_item(addr: u32, info: ItemInfo) {
+    let mut words = [0u32; 16];
+    // SAFETY: ItemInfo is INFO_WORDS plain 32-bit words.
+    words[..INFO_WORDS].copy_from_slice(&unsafe { core::mem::transmute::<ItemInfo, [u32; INFO_WORDS]>(info) });
+    for i in 0..4 {
+        unsafe { st_shared_v4(addr + 16 * i as u32, [words[4 * i], words[4 * i + 1], words[4 * i + 2], words[4 * i + 3]]) };
+    }
+}
+
+/// The description of the item in Q slot `qb` (published, and the slot not yet handed back),
+/// read by every lane: four vector loads rather than [`read_item`]'s 13 dependent reads. The
+/// lane that hands the slot back must first meet the others ([`syncwarp`]).
+#[inline(always)]
+unsafe fn read_item_warp(sm: Smem<NS, NV, 1, NQ>, qb: u32) -> ItemInfo {
+    const { assert!(INFO_WORDS <= 16) };
+    let mut words = [0u32; 16];
+    for i in 0..4 {
+        let v = unsafe { ld_shared_v4(sm.item(qb) + 16 * i as u32) };
+        words[4 * i..4 * i + 4].copy_from_slice(&v);
+    }
+    // SAFETY: ItemInfo is INFO_WORDS plain 32-bit words.
+    unsafe { core::mem::transmute_copy::<[u32; 16], ItemInfo>(&words) }
+}
+
+/// The description of the item in Q slot `qb` (published, and the slot not yet handed back).
+#[inline(always)]
+unsafe fn read_item<const NS: u32, const NV: u32, const QT: u32, const NQ: u32>(sm: Smem<NS, NV, QT, NQ>, qb: u32, lane: u32) -> ItemInfo {
     let mut words = [0u32; INFO_WORDS];
     for (i, w) in words.iter_mut().enumerate() {
         *w = unsafe { lane0_read(sm.item(qb) + 4 * i as u32, lane) };
     }
     // SAFETY: ItemInfo is INFO_WORDS plain 32-bit words.
-    let info = unsafe { core::mem::transmute::<[u32; INFO_WORDS], ItemInfo>(words) };
-    (info.idx != NO_ITEM).then_some(info)
+    unsafe { core::mem::transmute::<[u32; INFO_WORDS], ItemInfo>(words) }
 }
 
 /// The windows of a consumer thread's two rows, `i` and `i + 8`.
@@ -360,14 +397,14 @@ pub(crate) fn row_windows(rule: HeadRule, causal: bool, seq: &SeqInfo, i: i32) -
     [row_window(rule, causal, seq.q_len, seq.k_len, i), row_window(rule, causal, seq.q_len, seq.k_len, i + 8)]
 }
 
-/// An item with no key tile (its rows see nothing): its ring entry (no copies behind it) and its
-/// query-side tiles go straight back to the producer.
+/// An item with no key tile (its rows see nothing): its ring entry (K stage `s`, V stage `vs`,
+/// no copies behind them) and its query-side tiles go straight back to the producer.
 #[inline(always)]
-pub(crate) unsafe fn release_empty_item<const NS: u32, const QT: u32, const NQ: u32>(sm: Smem<NS, QT, NQ>, s: u32, qb: u32, lane: u32) {
+pub(crate) unsafe fn release_empty_item<const NS: u32, const NV: u32, const QT: u32, const NQ: u32>(sm: Smem<NS, NV, QT, NQ>, s: u32, vs: u32, qb: u32, lane: u32) {
     if lane == 0 {
         unsafe {
             mbar_arrive(sm.k_empty(s));
-            mbar_arrive(sm.v_empty(s));
+            mbar_arrive(sm.v_empty(vs));
             mbar_arrive(sm.q_empty(qb));
         }
     }
@@ -386,6 +423,26 @@ struct Rows {
     win: [RowWindow; 2],
     m: [f32; 2],
     l: [f32; 2],
+}
+
+impl Rows {
+    /// Rows `row` and `row + 8` of the item in Q slot `qb`, before any key.
+    #[inline(always)]
+    unsafe fn new(sm: Smem<NS, NV, 1, NQ>, qb: u32, causal: bool, row: i32) -> Self {
+        let ItemInfo { item, seq, rule, .. } = unsafe { read_item_warp(sm, qb) };
+        let i = item.q_block as i32 * BLK + row;
+        Rows { win: row_windows(rule, causal, &seq, i), m: [f32::NEG_INFINITY; 2], l: [0.0; 2] }
+    }
+}
+
+/// Waits for the consumers' `n_item`-th Q tile; false if the producer said there is no item.
+#[inline(always)]
+unsafe fn item_ready(sm: Smem<NS, NV, 1, NQ>, n_item: u32, lane: u32) -> bool {
+    let qb = n_item % NQ;
+    unsafe {
+        mbar_wait(sm.q_full(qb), (n_item / NQ) & 1);
+        lane0_read(sm.item(qb), lane) != NO_ITEM
+    }
 }
 
 /// Issues S = Q Kᵀ for the K tile of stage `s` (one commit group; not waited for).
@@ -536,7 +593,7 @@ fn softmax_fast(sc: &mut [f32; 64], r: &mut Rows, j0: i32, lane: u32, scale: f32
 
 /// Lane 0: K stage `s` goes back to the producer, and Q slot `qb` after the item's last tile.
 #[inline(always)]
-pub(crate) unsafe fn release_k_q<const NS: u32, const QT: u32, const NQ: u32>(sm: Smem<NS, QT, NQ>, s: u32, qb: u32, e: i32, lane: u32) {
+pub(crate) unsafe fn release_k_q<const NS: u32, const NV: u32, const QT: u32, const NQ: u32>(sm: Smem<NS, NV, QT, NQ>, s: u32, qb: u32, e: i32, lane: u32) {
     if lane == 0 {
         unsafe {
             mbar_arrive(sm.k_empty(s));
@@ -634,12 +691,15 @@ pub(crate) unsafe fn f32_acc_row<O: OAcc>(acc: &mut O, h: usize, scale: f32, row
 /// Software-pipelined over the key tiles (FlashAttention-3's intra-warpgroup overlap): while
 /// the softmax of tile j runs on the CUDA cores, the tensor cores compute P(j-1) V(j-1), issued
 /// together with S(j) = Q K(j)ᵀ. A K stage goes back to the producer as soon as S is done, a V
-/// stage once its P V is done.
+/// stage once its P V is done. The pipeline runs on across items: the next item's first S (its
+/// Q is in the other slot) is issued right behind this item's last P V, and this item's output
+/// is written while it runs. Streaming heads' items are ~4 tiles long; a pipeline filled and
+/// drained per item cost them a third of their time (perf notes T1).
 ///
 /// The two consumers are not made to take turns ("ping-pong" on named barriers, as in
 /// FlashAttention-3): measured on the H200 with split K/V rings it cost 5-20% (docs/perf-notes.md).
 #[inline(always)]
-unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperFwdParams, sm: Smem<NS, 1, NQ>, c: u32, t: u32) {
+unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperFwdParams, sm: Smem<NS, NV, 1, NQ>, c: u32, t: u32) {
     let (warp, lane) = (t / 32, t % 32);
     let row = (c * 64 + warp * 16 + lane / 4) as i32; // and row + 8
     let tile_bytes = sm.tile_bytes;
@@ -649,30 +709,36 @@ unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperFwdParams, sm: Sme
     let dv = |s: u32| desc(sm.v, HALF, 1024) + ((s * tile_bytes) as u64 >> 4);
     let scale = p.f.scale_log2;
     let causal = p.f.causal != 0;
+    // Ring tiles taken: tile `n` is in K stage n % NS and V stage n % NV.
     let mut tile = 0u32;
     let mut n_item = 0u32;
     #[cfg(feature = "trace")]
     let mut tr = crate::trace::Trace::new(p.counter, block_idx(), 1 + c, t == 0);
     #[cfg(feature = "trace")]
     tr.mark_global(30);
+    // Each pass starts an item with nothing in flight: the first, and any after an item whose
+    // successor could not be chained (none, or one with no tile).
     loop {
-        let qb = n_item % NQ;
-        let Some(ItemInfo { item, seq, rule, .. }) = (unsafe { next_item(sm, n_item, lane) }) else { break };
+        let mut qb = n_item % NQ;
+        if !unsafe { item_ready(sm, n_item, lane) } {
+            break;
+        }
         tmark!(tr, 1);
-        let i0 = item.q_block as i32 * BLK;
-        let mut r = Rows {
-            win: row_windows(rule, causal, &seq, i0 + row),
-            m: [f32::NEG_INFINITY; 2],
-            l: [0.0; 2],
-        };
+        let mut r = unsafe { Rows::new(sm, qb, causal, row) };
         let mut o = O::zero();
-        let (mut s, mut ph) = (tile % NS, (tile / NS) & 1);
-        unsafe { mbar_wait(sm.k_full(s), ph) };
+        let s = tile % NS;
+        unsafe { mbar_wait(sm.k_full(s), (tile / NS) & 1) };
         tmark!(tr, 2);
         let mut e = unsafe { lane0_read(sm.ring(s), lane) } as i32;
-        tile += 1;
         if e == EMPTY {
-            unsafe { release_empty_item(sm, s, qb, lane) };
+            // No copies behind the entry: both stages go back at once.
+            if lane == 0 {
+                unsafe {
+                    mbar_arrive(sm.k_empty(s));
+                    mbar_arrive(sm.v_empty(tile % NV));
+                }
+            }
+            tile += 1;
         } else {
             let mut sc = [0.0f32; 64];
             unsafe {
@@ -681,101 +747,165 @@ unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperFwdParams, sm: Sme
                 keep(&mut sc);
             }
             tmark!(tr, 3);
-            // Written out rather than `release_k_q`: that call here changed the block layout and
-            // cost block streaming 3-9% at 32k (measured, H100).
-            if lane == 0 {
-                unsafe { mbar_arrive(sm.k_empty(s)) };
-                if e & LAST != 0 {
-                    unsafe { mbar_arrive(sm.q_empty(qb)) };
-                }
-            }
+            unsafe { release_k(sm, s, lane) };
             softmax(&mut sc, &mut r, tile_j0(e), lane, scale); // O is still zero: no rescale
             tmark!(tr, 4);
             let mut pf = pack_a::<E, 64, 32>(&sc);
-            while e & LAST == 0 {
-                let (prev, prev_ph) = (s, ph);
-                (s, ph) = (tile % NS, (tile / NS) & 1);
-                unsafe { mbar_wait(sm.k_full(s), ph) };
-                tmark!(tr, 2);
-                e = unsafe { lane0_read(sm.ring(s), lane) } as i32;
-                tile += 1;
-                unsafe {
-                    issue_s::<E, O>(&mut sc, dq(qb), dk(s));
-                    mbar_wait(sm.v_full(prev), prev_ph);
-                    tmark!(tr, 6);
-                    issue_pv::<E, O>(&mut o, &mut pf, dv(prev));
-                    wgmma::wait::<1>(); // S(j) is done (groups complete in order)
-                    keep(&mut sc);
-                }
-                tmark!(tr, 3);
-                // Partial tiles: K (and Q) go back at once, exact softmax. Full tiles skip the
-                // row max and keep K and Q until that has held (S is recomputed if it did not).
-                let alpha = if e & FULL == 0 {
-                    unsafe { release_k_q(sm, s, qb, e, lane) };
-                    softmax(&mut sc, &mut r, tile_j0(e), lane, scale)
+            // The tile whose probabilities are in `pf` (entry `e`).
+            let mut cur = tile;
+            tile += 1;
+            loop {
+                let (vs, vph) = (cur % NV, (cur / NV) & 1);
+                let (s, ph) = (tile % NS, (tile / NS) & 1);
+                if e & LAST != 0 {
+                    // The item's last P V goes with the next item's first S, if it has a tile.
+                    let nqb = (n_item + 1) % NQ;
+                    if !unsafe { item_ready(sm, n_item + 1, lane) } {
+                        break;
+                    }
+                    unsafe { mbar_wait(sm.k_full(s), ph) };
+                    let ne = unsafe { lane0_read(sm.ring(s), lane) } as i32;
+                    if ne == EMPTY {
+                        break;
+                    }
+                    // P V first: the item's output is written while S runs, and neither O nor
+                    // P is live through the softmax (in the other order they spilled).
+                    tmark!(tr, 1);
+                    unsafe {
+                        mbar_wait(sm.v_full(vs), vph);
+                        tmark!(tr, 6);
+                        issue_pv::<E, O>(&mut o, &mut pf, dv(vs));
+                        issue_s::<E, O>(&mut sc, dq(nqb), dk(s));
+                        wgmma::wait::<1>(); // P V is done (groups complete in order)
+                        keep(&mut o);
+                        keep(&mut pf);
+                    }
+                    tmark!(tr, 7);
+                    if lane == 0 {
+                        unsafe { mbar_arrive(sm.v_empty(vs)) };
+                    }
+                    unsafe { finish_item::<E, O>(p, sm, qb, &mut o, &r, row, lane) };
+                    tmark!(tr, 8);
+                    unsafe {
+                        wgmma::wait::<0>();
+                        keep(&mut sc);
+                    }
+                    tmark!(tr, 3);
+                    unsafe { release_k(sm, s, lane) };
+                    (r, e, qb) = (unsafe { Rows::new(sm, nqb, causal, row) }, ne, nqb);
+                    softmax(&mut sc, &mut r, tile_j0(e), lane, scale); // O starts again at zero
+                    tmark!(tr, 4);
+                    o = O::zero();
+                    n_item += 1;
                 } else {
-                    let alpha = if softmax_fast(&mut sc, &mut r, tile_j0(e), lane, scale, c) {
-                        None
-                    } else {
-                        // A row's scores jumped: S again, then the exact path.
-                        unsafe {
-                            issue_s::<E, O>(&mut sc, dq(qb), dk(s));
-                            wgmma::wait::<0>();
-                            keep(&mut sc);
-                        }
+                    unsafe { mbar_wait(sm.k_full(s), ph) };
+                    tmark!(tr, 2);
+                    e = unsafe { lane0_read(sm.ring(s), lane) } as i32;
+                    unsafe {
+                        issue_s::<E, O>(&mut sc, dq(qb), dk(s));
+                        mbar_wait(sm.v_full(vs), vph);
+                        tmark!(tr, 6);
+                        issue_pv::<E, O>(&mut o, &mut pf, dv(vs));
+                        wgmma::wait::<1>(); // S(j) is done (groups complete in order)
+                        keep(&mut sc);
+                    }
+                    tmark!(tr, 3);
+                    // Partial tiles: K (and Q) go back at once, exact softmax. Full tiles skip
+                    // the row max and keep K and Q until that has held (S is recomputed if it
+                    // did not).
+                    let alpha = if e & FULL == 0 {
+                        unsafe { release_k(sm, s, lane) };
                         softmax(&mut sc, &mut r, tile_j0(e), lane, scale)
+                    } else {
+                        let alpha = if softmax_fast(&mut sc, &mut r, tile_j0(e), lane, scale, c) {
+                            None
+                        } else {
+                            // A row's scores jumped: S again, then the exact path.
+                            unsafe {
+                                issue_s::<E, O>(&mut sc, dq(qb), dk(s));
+                                wgmma::wait::<0>();
+                                keep(&mut sc);
+                            }
+                            softmax(&mut sc, &mut r, tile_j0(e), lane, scale)
+                        };
+                        unsafe { release_k(sm, s, lane) };
+                        alpha
                     };
-                    unsafe { release_k_q(sm, s, qb, e, lane) };
-                    alpha
-                };
-                tmark!(tr, 4);
-                unsafe {
-                    wgmma::wait::<0>(); // P(j-1) V(j-1) is done
-                    keep(&mut o);
-                    keep(&mut pf);
-                }
-                tmark!(tr, 5);
-                if lane == 0 {
-                    unsafe { mbar_arrive(sm.v_empty(prev)) };
-                }
-                if let Some(a) = alpha {
-                    rescale(&mut o, a);
+                    tmark!(tr, 4);
+                    unsafe {
+                        wgmma::wait::<0>(); // P(j-1) V(j-1) is done
+                        keep(&mut o);
+                        keep(&mut pf);
+                    }
+                    tmark!(tr, 5);
+                    if lane == 0 {
+                        unsafe { mbar_arrive(sm.v_empty(vs)) };
+                    }
+                    if let Some(a) = alpha {
+                        rescale(&mut o, a);
+                    }
                 }
                 pf = pack_a::<E, 64, 32>(&sc);
+                cur = tile;
+                tile += 1;
             }
+            // The item's last P V with nothing beside it: no next item, or one with no tile.
+            let (vs, vph) = (cur % NV, (cur / NV) & 1);
             unsafe {
-                mbar_wait(sm.v_full(s), ph);
+                mbar_wait(sm.v_full(vs), vph);
                 tmark!(tr, 6);
-                issue_pv::<E, O>(&mut o, &mut pf, dv(s));
+                issue_pv::<E, O>(&mut o, &mut pf, dv(vs));
                 wgmma::wait::<0>();
                 keep(&mut o);
             }
             tmark!(tr, 7);
             if lane == 0 {
-                unsafe { mbar_arrive(sm.v_empty(s)) };
+                unsafe { mbar_arrive(sm.v_empty(vs)) };
             }
         }
-
-        // Epilogue: normalise, write o and lse. Rows that saw no key get o = 0, lse = -inf.
-        let f = &p.f;
-        let valid_chunks = f.head_dim / 8;
-        for h in 0..2 {
-            let mut sum = r.l[h];
-            sum += shfl_xor(sum, 1);
-            sum += shfl_xor(sum, 2);
-            let i = i0 + row + 8 * h as i32;
-            let valid = i < seq.q_len;
-            let (inv, lse) = if sum > 0.0 { (1.0 / sum, (r.m[h] + log2(sum)) * LN2) } else { (0.0, f32::NEG_INFINITY) };
-            let o_row = f.o + 2 * elem_offset(&f.o_strides, item.batch, seq.q_start + i, item.head) as u64;
-            unsafe { store_acc_row::<E, O>(&mut o, h, inv, o_row, valid, lane, valid_chunks) };
-            if valid && lane % 4 == 0 {
-                let at = item.batch as i64 * f.lse_batch + item.head as i64 * f.lse_head + (seq.q_start + i) as i64;
-                unsafe { *(f.lse as *mut f32).add(at as usize) = lse };
-            }
-        }
+        // Rows of an item with no tile: o = 0 (O is zero), lse = -inf (l is zero).
+        unsafe { finish_item::<E, O>(p, sm, qb, &mut o, &r, row, lane) };
         tmark!(tr, 8);
         n_item += 1;
     }
     #[cfg(feature = "trace")]
     tr.mark_global(31);
+}
+
+/// Lane 0: K stage `s` goes back to the producer.
+#[inline(always)]
+unsafe fn release_k(sm: Smem<NS, NV, 1, NQ>, s: u32, lane: u32) {
+    if lane == 0 {
+        unsafe { mbar_arrive(sm.k_empty(s)) };
+    }
+}
+
+/// Epilogue of the item in Q slot `qb`: normalises the thread's two rows of O, writes them and
+/// their lse (rows that saw no key get o = 0, lse = -inf), then hands the slot back. The item's
+/// description is read again from the slot, which the consumers keep until here: held in
+/// registers through the item's tiles, it spilled.
+#[inline(always)]
+unsafe fn finish_item<E: Element, O: OAcc>(p: &HopperFwdParams, sm: Smem<NS, NV, 1, NQ>, qb: u32, o: &mut O, r: &Rows, row: i32, lane: u32) {
+    let ItemInfo { item, seq, .. } = unsafe { read_item_warp(sm, qb) };
+    syncwarp();
+    if lane == 0 {
+        unsafe { mbar_arrive(sm.q_empty(qb)) };
+    }
+    let f = &p.f;
+    let i0 = item.q_block as i32 * BLK;
+    let valid_chunks = f.head_dim / 8;
+    for h in 0..2 {
+        let mut sum = r.l[h];
+        sum += shfl_xor(sum, 1);
+        sum += shfl_xor(sum, 2);
+        let i = i0 + row + 8 * h as i32;
+        let valid = i < seq.q_len;
+        let (inv, lse) = if sum > 0.0 { (1.0 / sum, (r.m[h] + log2(sum)) * LN2) } else { (0.0, f32::NEG_INFINITY) };
+        let o_row = f.o + 2 * elem_offset(&f.o_strides, item.batch, seq.q_start + i, item.head) as u64;
+        unsafe { store_acc_row::<E, O>(o, h, inv, o_row, valid, lane, valid_chunks) };
+        if valid && lane % 4 == 0 {
+            let at = item.batch as i64 * f.lse_batch + item.head as i64 * f.lse_head + (seq.q_start + i) as i64;
+            unsafe { *(f.lse as *mut f32).add(at as usize) = lse };
+        }
+    }
 }

@@ -25,13 +25,13 @@ const NQ: u32 = HOPPER_DQ_Q_TILES as u32;
 
 #[inline(always)]
 pub unsafe fn bwd_dq_hopper<E: Element + WgElement, O: OAcc>(p: &HopperDqParams) {
-    let sm = Smem::<NS, 2, NQ>::new(smem_u32(dynamic_smem()), O::D);
-    specialise!(sm, producer::<O, NS, 2, NQ>(&p.h, sm), |c, t| consumer::<E, O>(p, sm, c, t));
+    let sm = Smem::<NS, NS, 2, NQ>::new(smem_u32(dynamic_smem()), O::D);
+    specialise!(sm, producer::<O, NS, NS, 2, NQ>(&p.h, sm), |c, t| consumer::<E, O>(p, sm, c, t));
 }
 
 /// One consumer warpgroup (`c` = 0 or 1: query rows 64c..64c + 64 of each item).
 #[inline(always)]
-unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperDqParams, sm: Smem<NS, 2, NQ>, c: u32, t: u32) {
+unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperDqParams, sm: Smem<NS, NS, 2, NQ>, c: u32, t: u32) {
     let (warp, lane) = (t / 32, t % 32);
     let row = (c * 64 + warp * 16 + lane / 4) as i32; // and row + 8
     let f = &p.h.f;
@@ -70,7 +70,7 @@ unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperDqParams, sm: Smem
             tile += 1;
             if e == EMPTY {
                 // No key tile: the rows' dQ stays 0.
-                unsafe { release_empty_item(sm, s, qb, lane) };
+                unsafe { release_empty_item(sm, s, s, qb, lane) };
                 break;
             }
             // Built per tile from an opaque value: hoisted out of the loop, the descriptors of

@@ -31,6 +31,32 @@ pub unsafe fn ld_shared_u32(addr: u32) -> u32 {
     v
 }
 
+/// `ld.shared.v4.u32 {a, b, c, d}, [addr]` (`addr` 16-byte aligned).
+#[inline(always)]
+pub unsafe fn ld_shared_v4(addr: u32) -> [u32; 4] {
+    let (a, b, c, d): (u32, u32, u32, u32);
+    unsafe {
+        asm!("ld.shared.v4.u32 {{{0}, {1}, {2}, {3}}}, [{4}];", out(reg32) a, out(reg32) b, out(reg32) c, out(reg32) d,
+             in(reg32) addr, options(nostack, readonly));
+    }
+    [a, b, c, d]
+}
+
+/// `st.shared.u32 [addr], v`.
+#[inline(always)]
+pub unsafe fn st_shared_u32(addr: u32, v: u32) {
+    unsafe { asm!("st.shared.u32 [{0}], {1};", in(reg32) addr, in(reg32) v, options(nostack)) };
+}
+
+/// `st.shared.v4.u32 [addr], {a, b, c, d}` (`addr` 16-byte aligned).
+#[inline(always)]
+pub unsafe fn st_shared_v4(addr: u32, v: [u32; 4]) {
+    unsafe {
+        asm!("st.shared.v4.u32 [{0}], {{{1}, {2}, {3}, {4}}};", in(reg32) addr, in(reg32) v[0], in(reg32) v[1], in(reg32) v[2], in(reg32) v[3],
+             options(nostack));
+    }
+}
+
 /// `ld.shared.u64 v, [addr]`.
 #[inline(always)]
 pub unsafe fn ld_shared_u64(addr: u32) -> u64 {

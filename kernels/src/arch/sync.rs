@@ -110,11 +110,23 @@ pub fn shfl_idx(v: u32, src: u32) -> u32 {
     r
 }
 
+/// `bar.warp.sync 0xffffffff`: the warp's lanes meet; their memory accesses before it are
+/// ordered before any lane's after it (so one lane's release can cover the others' reads).
+#[inline(always)]
+pub fn syncwarp() {
+    unsafe { asm!("bar.warp.sync 0xffffffff;", options(nostack)) };
+}
+
 /// The next work item of a persistent grid: `gridDim.x + counter++` (`atom.global.add.u32` on a
 /// counter zeroed at launch), the first `gridDim.x` items being the CTAs' `blockIdx.x`.
 #[inline(always)]
 pub unsafe fn next_work_item(counter: u64) -> u32 {
-    let old: u32;
-    unsafe { asm!("atom.global.add.u32 {0}, [{1}], 1;", out(reg32) old, in(reg64) counter, options(nostack)) };
-    grid_dim() + old
+    let idx: u32;
+    // `%nctaid.x` read here rather than through `grid_dim`: hoisted out of the producer's loop,
+    // it held a register the 40-register producer had to spill.
+    unsafe {
+        asm!("{{ .reg .u32 g; atom.global.add.u32 {0}, [{1}], 1; mov.u32 g, %nctaid.x; add.u32 {0}, {0}, g; }}",
+             out(reg32) idx, in(reg64) counter, options(nostack))
+    };
+    idx
 }
