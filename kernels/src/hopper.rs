@@ -353,31 +353,36 @@ pub(crate) unsafe fn next_item<const NS: u32, const NV: u32, const QT: u32, cons
     (info.idx != NO_ITEM).then_some(info)
 }
 
-/// Publishes an item's description at `addr` (its slot): four vector stores through a 32-bit
-/// address (a generic pointer cost the 40-register producer a spill).
+/// Publishes an item's description at `addr` (its slot): vector stores through a 32-bit address
+/// (a generic pointer cost the 40-register producer a spill).
 #[inline(always)]
 unsafe fn write_item(addr: u32, info: ItemInfo) {
-    let mut words = [0u32; 16];
     // SAFETY: ItemInfo is INFO_WORDS plain 32-bit words.
-    words[..INFO_WORDS].copy_from_slice(&unsafe { core::mem::transmute::<ItemInfo, [u32; INFO_WORDS]>(info) });
-    for i in 0..4 {
-        unsafe { st_shared_v4(addr + 16 * i as u32, [words[4 * i], words[4 * i + 1], words[4 * i + 2], words[4 * i + 3]]) };
+    let w = unsafe { core::mem::transmute::<ItemInfo, [u32; INFO_WORDS]>(info) };
+    for i in 0..INFO_WORDS / 4 {
+        unsafe { st_shared_v4(addr + 16 * i as u32, [w[4 * i], w[4 * i + 1], w[4 * i + 2], w[4 * i + 3]]) };
+    }
+    for i in INFO_WORDS / 4 * 4..INFO_WORDS {
+        unsafe { st_shared_u32(addr + 4 * i as u32, w[i]) };
     }
 }
 
 /// The description of the item in Q slot `qb` (published, and the slot not yet handed back),
-/// read by every lane: four vector loads rather than [`read_item`]'s 13 dependent reads. The
-/// lane that hands the slot back must first meet the others ([`syncwarp`]).
+/// read by every lane: vector loads rather than [`read_item`]'s 13 dependent reads. The lane
+/// that hands the slot back must first meet the others ([`syncwarp`]).
 #[inline(always)]
 unsafe fn read_item_warp(sm: Smem<NS, NV, 1, NQ>, qb: u32) -> ItemInfo {
-    const { assert!(INFO_WORDS <= 16) };
-    let mut words = [0u32; 16];
-    for i in 0..4 {
-        let v = unsafe { ld_shared_v4(sm.item(qb) + 16 * i as u32) };
-        words[4 * i..4 * i + 4].copy_from_slice(&v);
+    let addr = sm.item(qb);
+    let mut w = [0u32; INFO_WORDS];
+    for i in 0..INFO_WORDS / 4 {
+        let v = unsafe { ld_shared_v4(addr + 16 * i as u32) };
+        w[4 * i..4 * i + 4].copy_from_slice(&v);
+    }
+    for i in INFO_WORDS / 4 * 4..INFO_WORDS {
+        w[i] = unsafe { ld_shared_u32(addr + 4 * i as u32) };
     }
     // SAFETY: ItemInfo is INFO_WORDS plain 32-bit words.
-    unsafe { core::mem::transmute_copy::<[u32; 16], ItemInfo>(&words) }
+    unsafe { core::mem::transmute::<[u32; INFO_WORDS], ItemInfo>(w) }
 }
 
 /// The description of the item in Q slot `qb` (published, and the slot not yet handed back).
@@ -397,15 +402,18 @@ pub(crate) fn row_windows(rule: HeadRule, causal: bool, seq: &SeqInfo, i: i32) -
     [row_window(rule, causal, seq.q_len, seq.k_len, i), row_window(rule, causal, seq.q_len, seq.k_len, i + 8)]
 }
 
-/// An item with no key tile (its rows see nothing): its ring entry (K stage `s`, V stage `vs`,
-/// no copies behind them) and its query-side tiles go straight back to the producer.
+/// The ring entry of an item with no key tile (ring tile `n`, no copies behind its stages): both
+/// stages go back to the producer, the V stage once the producer has marked it full. Handed back
+/// before that, the V stage's barrier could complete a phase ahead of the producer's wait for
+/// it, which would then wait for the wrong phase.
 #[inline(always)]
-pub(crate) unsafe fn release_empty_item<const NS: u32, const NV: u32, const QT: u32, const NQ: u32>(sm: Smem<NS, NV, QT, NQ>, s: u32, vs: u32, qb: u32, lane: u32) {
+pub(crate) unsafe fn release_empty_tile<const NS: u32, const NV: u32, const QT: u32, const NQ: u32>(sm: Smem<NS, NV, QT, NQ>, n: u32, lane: u32) {
+    let vs = n % NV;
+    unsafe { mbar_wait(sm.v_full(vs), (n / NV) & 1) };
     if lane == 0 {
         unsafe {
-            mbar_arrive(sm.k_empty(s));
+            mbar_arrive(sm.k_empty(n % NS));
             mbar_arrive(sm.v_empty(vs));
-            mbar_arrive(sm.q_empty(qb));
         }
     }
 }
@@ -554,9 +562,11 @@ fn softmax(sc: &mut [f32; 64], r: &mut Rows, j0: i32, lane: u32, scale: f32) -> 
     alpha
 }
 
-/// A row's tile sum above which [`softmax_fast`] gives up: no probability exceeded 2^16, so
-/// none overflowed, and the rows' max has moved far past the slack [`softmax`] allows.
-const FAST_SUM_LIMIT: f32 = 65536.0;
+/// A thread's share of a row's tile sum above which [`softmax_fast`] gives up: no probability
+/// exceeded 2^15, so none overflowed when rounded to `E` for P V (f16's largest is 65504; 2^16
+/// let a probability in (65504, 65536] through as inf: gpu_suite's "f16 probability near 2^16"),
+/// and the rows' max has moved far past the slack [`softmax`] allows.
+const FAST_SUM_LIMIT: f32 = 32768.0;
 
 /// The softmax of a tile without its row max: probabilities against the running max `r.m`
 /// (the max is an instruction per score, a sixth of a dense tile's time). Valid as long as no
@@ -731,13 +741,7 @@ unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperFwdParams, sm: Sme
         tmark!(tr, 2);
         let mut e = unsafe { lane0_read(sm.ring(s), lane) } as i32;
         if e == EMPTY {
-            // No copies behind the entry: both stages go back at once.
-            if lane == 0 {
-                unsafe {
-                    mbar_arrive(sm.k_empty(s));
-                    mbar_arrive(sm.v_empty(tile % NV));
-                }
-            }
+            unsafe { release_empty_tile(sm, tile, lane) };
             tile += 1;
         } else {
             let mut sc = [0.0f32; 64];

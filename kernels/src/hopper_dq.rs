@@ -16,7 +16,7 @@ use crate::arch::sync::{bar_sync, opaque, thread_idx};
 use crate::arch::tma::{mbar_arrive, mbar_wait, setmaxnreg_dec, setmaxnreg_inc};
 use crate::arch::wgmma::{self, WgElement, desc, keep};
 use crate::bwd::lse2;
-use crate::hopper::{EMPTY, HALF, ItemInfo, LAST, OAcc, Smem, issue_pv, issue_s, lane0_read, mask_tile, next_item, pack_a, producer, release_empty_item, release_k_q, row_windows, specialise, store_acc_row, tile_j0};
+use crate::hopper::{EMPTY, HALF, ItemInfo, LAST, OAcc, Smem, issue_pv, issue_s, lane0_read, mask_tile, next_item, pack_a, producer, release_empty_tile, release_k_q, row_windows, specialise, store_acc_row, tile_j0};
 use crate::item::elem_offset;
 
 const NS: u32 = HOPPER_DQ_STAGES as u32;
@@ -67,12 +67,16 @@ unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperDqParams, sm: Smem
             let (s, ph) = (tile % NS, (tile / NS) & 1);
             unsafe { mbar_wait(sm.k_full(s), ph) };
             let e = unsafe { lane0_read(sm.ring(s), lane) } as i32;
-            tile += 1;
             if e == EMPTY {
                 // No key tile: the rows' dQ stays 0.
-                unsafe { release_empty_item(sm, s, s, qb, lane) };
+                unsafe { release_empty_tile(sm, tile, lane) };
+                if lane == 0 {
+                    unsafe { mbar_arrive(sm.q_empty(qb)) };
+                }
+                tile += 1;
                 break;
             }
+            tile += 1;
             // Built per tile from an opaque value: hoisted out of the loop, the descriptors of
             // every step would be held (and spilled) across it.
             let c_off = opaque(c) * (64 * 128);

@@ -33,6 +33,9 @@ struct Case {
     /// far past the running max, the case the forward's max-free softmax must hand to its exact
     /// path (0: unit-variance keys).
     ramp: f64,
+    /// Inputs built for one probability just under 2^16 in a tile the max-free softmax takes
+    /// (see `spike_inputs`) instead of random ones.
+    spike: bool,
 }
 
 /// Patterns for `h` heads by mix name.
@@ -92,6 +95,7 @@ fn grid(quick: bool) -> Vec<Case> {
                     packed: false,
                     seed: n as u64,
                     ramp: 0.0,
+                    spike: false,
                 });
                 n += 1;
             }
@@ -105,13 +109,13 @@ fn grid(quick: bool) -> Vec<Case> {
                 .with_causal(causal)
                 .with_patterns(mix("mixed", 4))
                 .with_block_mask(1, 2);
-            cases.push(Case { name: format!("varlen#{i} {}", if causal { "causal" } else { "full" }), f16: i == 1, spec, density: 0.4, packed: false, seed: 100 + i as u64, ramp: 0.0 });
+            cases.push(Case { name: format!("varlen#{i} {}", if causal { "causal" } else { "full" }), f16: i == 1, spec, density: 0.4, packed: false, seed: 100 + i as u64, ramp: 0.0, spike: false });
         }
     }
     // Free strides: q, k, v interleaved in one buffer.
     for causal in [false, true] {
         let spec = AttentionSpec::batched(2, 300, 300, 4, 4, 64).with_causal(causal).with_patterns(mix("mixed", 4)).with_block_mask(2, 2);
-        cases.push(Case { name: format!("packed qkv {}", if causal { "causal" } else { "full" }), f16: false, spec, density: 0.5, packed: true, seed: 200, ramp: 0.0 });
+        cases.push(Case { name: format!("packed qkv {}", if causal { "causal" } else { "full" }), f16: false, spec, density: 0.5, packed: true, seed: 200, ramp: 0.0, spike: false });
     }
     // Rising scores: gently (the running max moves past the softmax's slack now and then) and
     // steeply (later scores would overflow exp2 against an early max).
@@ -119,11 +123,22 @@ fn grid(quick: bool) -> Vec<Case> {
         for causal in [false, true] {
             let d = if i == 0 { 128 } else { 64 };
             let spec = AttentionSpec::batched(1, 700, 1100, 4, 2, d).with_causal(causal).with_patterns(mix("mixed", 4)).with_block_mask(1, 2);
-            cases.push(Case { name: format!("rising keys x{ramp} {}", if causal { "causal" } else { "full" }), f16: causal, spec, density: 0.6, packed: false, seed: 300 + i as u64, ramp });
+            cases.push(Case { name: format!("rising keys x{ramp} {}", if causal { "causal" } else { "full" }), f16: causal, spec, density: 0.6, packed: false, seed: 300 + i as u64, ramp, spike: false });
         }
     }
+    // One probability just under 2^16 (f16's largest is 65504) in a tile the max-free softmax
+    // takes: it must go to the exact path, not round P to inf.
+    let spike_scale = 15.9999 / (SPIKE_KEY * std::f64::consts::LOG2_E);
+    let spec = AttentionSpec::batched(1, 130, 300, 2, 2, 128).with_causal(false).with_patterns(mix("dense", 2)).with_softmax_scale(spike_scale as f32);
+    cases.push(Case { name: "f16 probability near 2^16".into(), f16: true, spec, density: 1.0, packed: false, seed: 400, ramp: 0.0, spike: true });
     cases
 }
+
+/// The spike case's keys: key 128 (the second key tile) scores `SPIKE_KEY` against every query,
+/// the rest of its tile very low, the first tile 0. The running max after the first tile is 0,
+/// so on the second the max-free softmax sees a probability of 2^15.9999 (65531) with a tile sum
+/// that stays under 2^16.
+const SPIKE_KEY: f64 = 125.5;
 
 /// Random configurations: any pattern parameters, lengths, dims, layouts.
 fn random_cases(count: usize, seed: u64) -> Vec<Case> {
@@ -157,7 +172,7 @@ fn random_cases(count: usize, seed: u64) -> Vec<Case> {
             };
             let mb = if rng.random_bool(0.5) { 1 } else { spec.batch() };
             let spec = spec.with_causal(causal).with_patterns(patterns).with_block_mask(mb, 2).with_softmax_scale(rng.random_range(0.02..0.3));
-            Case { name: format!("random#{n}"), f16: rng.random_bool(0.5), spec, density: rng.random_range(0.0..1.0), packed: false, seed: seed + 1000 + n as u64, ramp: 0.0 }
+            Case { name: format!("random#{n}"), f16: rng.random_bool(0.5), spec, density: rng.random_range(0.0..1.0), packed: false, seed: seed + 1000 + n as u64, ramp: 0.0, spike: false }
         })
         .collect()
 }
@@ -177,7 +192,22 @@ fn inputs<T: Element>(case: &Case) -> Inputs {
     let s = &case.spec;
     // Unit variance, rounded to the input type so the reference sees exactly what the GPU sees.
     let mut draw = |n: usize| (0..n).map(|_| T::from_f64(rng.random_range(-1.732..1.732)).to_f64()).collect::<Vec<_>>();
-    let (q, mut k, v) = (draw(s.q_len()), draw(s.kv_len()), draw(s.kv_len()));
+    let (mut q, mut k, v) = (draw(s.q_len()), draw(s.kv_len()), draw(s.kv_len()));
+    if case.spike {
+        // q = e0 for every row; k row j (per kv head) = e0 * (0 | SPIKE_KEY | -64).
+        let d = s.head_dim;
+        for (i, x) in q.iter_mut().enumerate() {
+            *x = if i % d == 0 { 1.0 } else { 0.0 };
+        }
+        for (i, x) in k.iter_mut().enumerate() {
+            let j = i / (s.heads_kv * d);
+            *x = match (i % d, j) {
+                (0, 128) => SPIKE_KEY,
+                (0, 129..256) => -64.0,
+                _ => 0.0,
+            };
+        }
+    }
     if case.ramp > 0.0 {
         let row = s.heads_kv * s.head_dim;
         for (i, x) in k.iter_mut().enumerate() {
