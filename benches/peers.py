@@ -24,7 +24,7 @@ Compiling takes most of the time: about six graphs per (S, causal), each new len
 (dynamic=False, for the fastest kernels). benches/check_peers.py checks these BlockMasks against
 attn-bench's counts on the CPU.
 """
-import argparse, json, statistics, sys, warnings
+import argparse, json, statistics, sys, time, warnings
 from collections import OrderedDict
 from pathlib import Path
 
@@ -76,9 +76,17 @@ FORMULA_MODS = {
 }
 
 
-def median_ms(fn, iters):
-    for _ in range(3):
+def median_ms(fn, iters, warmup_s=0.0):
+    """Median of `iters` CUDA-event timings after at least 3 calls and `warmup_s` seconds of
+    warm-up (--warmup-ms: long enough, ~300 ms, the clock settles under the power cap first, as
+    attn-bench's --warmup-ms does)."""
+    t0, n = time.perf_counter(), 0
+    while n < 3 or time.perf_counter() - t0 < warmup_s:
         fn()
+        n += 1
+        if n % 4 == 0:
+            torch.cuda.synchronize()
+    torch.cuda.synchronize()
     times = []
     for _ in range(iters):
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -194,6 +202,7 @@ def main():
     ap.add_argument("--lens", default="", help="comma-separated S (default: every S in the manifest)")
     ap.add_argument("--causal", default="both", choices=["true", "false", "both"])
     ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--warmup-ms", type=float, default=0.0, help="warm-up time before each timing (besides 3 calls)")
     ap.add_argument("--only", default="", help="only workloads whose name contains this")
     ap.add_argument("--no-flex", action="store_true")
     ap.add_argument("--json", default="peers.jsonl")
@@ -223,6 +232,8 @@ def main():
         s, causal = row["S"], row["causal"]
         rec = {k: v for k, v in row.items() if k not in ("mask_file", "mask_shape")}
         rec.update(impl=impl, card=card, iters=a.iters)
+        if a.warmup_ms > 0:
+            rec["warmup_ms"] = a.warmup_ms
         if error is None:
             dense_flops = 4 * H * D * s * s * (0.5 if causal else 1.0)
             rec.update(ms=ms, useful_tflops=4 * D * row["visited_pairs"] / (ms * 1e9), dense_equiv_tflops=dense_flops / (ms * 1e9))
@@ -238,7 +249,7 @@ def main():
         """Times fn() and records the result, or records why it failed."""
         print(f"[causal={row['causal']} S={row['S']}] {impl} {row['workload']} ...", file=sys.stderr, flush=True)
         try:
-            record(row, impl, ms=median_ms(fn, a.iters))
+            record(row, impl, ms=median_ms(fn, a.iters, a.warmup_ms / 1e3))
         except torch.OutOfMemoryError:
             record(row, impl, error="OOM")
         except Exception as e:  # a backend may refuse a shape; a compile may fail

@@ -21,6 +21,7 @@ def main():
     ap.add_argument("--masks", required=True, type=Path, help="directory written by attn-bench --dump-masks")
     ap.add_argument("--lens", default="8192,16384")
     ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--warmup-ms", type=float, default=0.0, help="warm-up time before each timing (besides 3 calls)")
     ap.add_argument("--only", default="", help="only workloads whose name contains this")
     a = ap.parse_args()
     flex = compiled_flex()
@@ -32,7 +33,7 @@ def main():
 
         def report(impl, name, step):
             try:
-                ms = f"{median_ms(step, a.iters):9.3f} ms"
+                ms = f"{median_ms(step, a.iters, a.warmup_ms / 1e3):9.3f} ms"
             except torch.OutOfMemoryError:
                 ms = "OOM"
             except Exception as e:  # a backend may refuse a shape; a compile may fail

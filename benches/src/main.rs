@@ -1,14 +1,17 @@
 //! Times the forward kernels on one card: B=1, H=32, D=128, bf16, for every workload (dense, token
 //! streaming 64/256, block streaming 1/3, block-sparse masks at kept fractions 5..100%, and
 //! DuoAttention-style heads: half dense, half token streaming) at every sequence length, causal
-//! and non-causal. CUDA events around each launch after warm-up; the median of `--iters` runs.
+//! and non-causal. CUDA events around each launch after a warm-up (3 runs, and with
+//! `--warmup-ms N` at least N ms: the clock settles under the power cap in ~100 ms, so ~300
+//! times the sustained rather than the burst rate; peers.py takes the same option); the median
+//! of `--iters` runs.
 //! Progress goes to stderr, a table to stdout, and one JSON line per result to `--json PATH`
 //! (default bench.jsonl), written as each result comes in so that a run cut short keeps them.
 //!
 //! ```text
 //! attn-bench [--lens 1024,2048,...,131072] [--causal true|false|both] [--iters N] [--only SUBSTR|=NAME]
 //!            [--variant portable|portable-bwd|ENTRY:KEY_TILE:THREADS] [--json PATH] [--dump-masks DIR [--dump-only]]
-//!            [--bwd [--deterministic]] [--heads-kv N]
+//!            [--bwd [--deterministic]] [--heads-kv N] [--warmup-ms N]
 //! ```
 //!
 //! `--bwd` also times forward + backward (the backward in its default, fast mode, or with
@@ -217,6 +220,8 @@ struct Gpu {
     heads_kv: usize,
     /// The backward's mode (`--deterministic`).
     deterministic: bool,
+    /// Seconds of warm-up besides the 3 runs (`--warmup-ms`).
+    warmup_s: f64,
 }
 
 /// Device bytes one length needs: q, k, v, o (and dO, dQ, dK, dV with the backward), lse, the
@@ -264,11 +269,11 @@ impl Gpu {
             None
         };
         eprintln!("inputs for S <= {capacity} ready in {:.1} s", t0.elapsed().as_secs_f64());
-        Ok(Gpu { dev, stream, card, free, capacity, q, k, v, o, lse, grads, heads_kv: H, deterministic: false })
+        Ok(Gpu { dev, stream, card, free, capacity, q, k, v, o, lse, grads, heads_kv: H, deterministic: false, warmup_s: 0.0 })
     }
 
-    /// Median ms of `iters` timed forwards after 3 warm-ups, the plan's work item count, and with
-    /// `--bwd` the median ms of as many forward + backward passes.
+    /// Median ms of `iters` timed forwards after the warm-up ([`warm_up`]), the plan's work item
+    /// count, and with `--bwd` the median ms of as many forward + backward passes.
     fn time(&mut self, w: &Workload, s: usize, causal: bool, mask: Option<&[u8]>, iters: usize) -> block_sparse_attn::Result<(f64, u32, Option<f64>)> {
         let mut spec = AttentionSpec::batched(1, s, s, H, self.heads_kv, D).with_causal(causal).with_patterns(w.patterns.clone());
         let mask_buf = match mask {
@@ -280,9 +285,8 @@ impl Gpu {
         };
         let attn = Attention::new(&self.dev, &self.stream, spec, mask_buf.as_ref())?.with_deterministic_backward(self.deterministic);
         let (dev, stream) = (&self.dev, &self.stream);
-        for _ in 0..3 {
-            attn.forward(dev, stream, &self.q, &self.k, &self.v, &mut self.o, &mut self.lse)?;
-        }
+        let warm = self.warmup_s;
+        warm_up(stream, warm, &mut || attn.forward(dev, stream, &self.q, &self.k, &self.v, &mut self.o, &mut self.lse))?;
         let median = |f: &mut dyn FnMut() -> block_sparse_attn::Result<()>| -> block_sparse_attn::Result<f64> {
             let mut times = Vec::with_capacity(iters);
             for _ in 0..iters {
@@ -302,15 +306,30 @@ impl Gpu {
                     attn.forward(dev, stream, q, k, v, o, lse)?;
                     attn.backward(dev, stream, q, k, v, o, lse, d_o, dq, dk, dv)
                 };
-                for _ in 0..2 {
-                    step()?;
-                }
+                warm_up(stream, warm, &mut step)?;
                 Some(median(&mut step)?)
             }
             None => None,
         };
         Ok((fwd, attn.work_items(), fwd_bwd))
     }
+}
+
+/// Runs `f` at least 3 times and for at least `secs` seconds of GPU time. The GPU's clock settles
+/// under the power cap over ~100 ms (perf notes, session 5, T8): a 3-run warm-up times the burst
+/// rate, ~0.3 s the sustained one (session 6, S5).
+fn warm_up(stream: &CudaStream, secs: f64, f: &mut dyn FnMut() -> block_sparse_attn::Result<()>) -> block_sparse_attn::Result<()> {
+    let t0 = std::time::Instant::now();
+    let mut n = 0;
+    while n < 3 || t0.elapsed().as_secs_f64() < secs {
+        f()?;
+        n += 1;
+        // Keep the launch queue short so that the wall clock tracks the GPU's.
+        if n % 4 == 0 {
+            stream.synchronize()?;
+        }
+    }
+    Ok(stream.synchronize()?)
 }
 
 /// Fast deterministic unit-variance-ish bf16 noise (the bench needs non-trivial data, not quality).
@@ -361,9 +380,10 @@ fn run() -> block_sparse_attn::Result<()> {
     if args.iter().any(|a| a == "--help" || a == "-h") {
         println!("usage: attn-bench [--lens {DEFAULT_LENS}] [--causal true|false|both] [--iters 20] [--only SUBSTR|=NAME] [--bwd]");
         println!("                  [--variant portable|portable-bwd|ENTRY:KEY_TILE:THREADS] [--json bench.jsonl] [--dump-masks DIR [--dump-only]]");
-        println!("                  [--deterministic] [--heads-kv 32]");
+        println!("                  [--deterministic] [--heads-kv 32] [--warmup-ms 0]");
         println!("--bwd also times forward + backward (column fwd+bwd, JSON fwd_bwd_ms); --deterministic runs the backward's");
-        println!("deterministic mode; --heads-kv N: 32 query heads over N key/value heads (GQA/MQA)");
+        println!("deterministic mode; --heads-kv N: 32 query heads over N key/value heads (GQA/MQA); --warmup-ms N: warm up");
+        println!("at least N ms before each timing (besides 3 runs): ~300 times the sustained, power-capped rate, not the burst");
         return Ok(());
     }
     let lens: Vec<usize> = arg(&args, "--lens").unwrap_or(DEFAULT_LENS).split(',').map(|s| s.trim().parse().expect("--lens")).collect();
@@ -382,6 +402,7 @@ fn run() -> block_sparse_attn::Result<()> {
     let variant = arg(&args, "--variant");
     let bwd = args.iter().any(|a| a == "--bwd");
     let deterministic = args.iter().any(|a| a == "--deterministic");
+    let warmup_ms: f64 = arg(&args, "--warmup-ms").map_or(0.0, |s| s.parse().expect("--warmup-ms"));
     let heads_kv: usize = arg(&args, "--heads-kv").map_or(H, |s| s.parse().expect("--heads-kv"));
     assert!(heads_kv > 0 && H % heads_kv == 0, "--heads-kv must divide {H}");
 
@@ -391,7 +412,7 @@ fn run() -> block_sparse_attn::Result<()> {
     });
     let mut gpu = if dump_only { None } else { Some(Gpu::new(variant, &lens, bwd)?) };
     if let Some(g) = gpu.as_mut() {
-        (g.heads_kv, g.deterministic) = (heads_kv, deterministic);
+        (g.heads_kv, g.deterministic, g.warmup_s) = (heads_kv, deterministic, warmup_ms / 1e3);
     }
     let json_path = arg(&args, "--json").unwrap_or("bench.jsonl");
     let mut json = gpu.as_ref().map(|_| File::create(json_path).expect("create the --json file"));
@@ -443,6 +464,9 @@ fn run() -> block_sparse_attn::Result<()> {
                 let (Some(g), Some(out)) = (gpu.as_mut(), json.as_mut()) else { continue };
                 record["card"] = g.card.clone().into();
                 record["iters"] = iters.into();
+                if warmup_ms > 0.0 {
+                    record["warmup_ms"] = warmup_ms.into();
+                }
                 if let Some(v) = variant {
                     record["variant"] = v.into();
                 }
