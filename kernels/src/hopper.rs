@@ -3,13 +3,14 @@
 //!
 //! A CTA of three warpgroups loops over work items: first item `blockIdx.x`, then the next
 //! untaken one from a global counter (the plan orders them heaviest first within groups of heads
-//! that share L2, so the short items fill the tail). Warpgroup 0 is the producer: one thread walks each item's key tiles (128 keys, one mask block) and
-//! brings Q (two slots: the next item's Q loads while this one runs) and the K/V tiles in with
-//! TMA, into rings of `HOPPER_STAGES` K and `HOPPER_V_STAGES` V stages guarded by mbarriers (K
-//! and V apart, so a K stage refills while its V is still in use); it keeps 40 registers. Warpgroups 1 and 2 are the consumers, 64 query rows each,
-//! with 232 registers: S = Q Kᵀ by wgmma from shared memory, the token mask on partial tiles
-//! only, the online softmax in registers, then O += P V by wgmma with P straight from the S
-//! registers. The two consumers are not synchronised with each other, so the softmax of one
+//! that share L2, so the short items fill the tail). Warpgroup 0 is the producer: one thread
+//! walks each item's key tiles (128 keys, one mask block) and brings Q (two slots: the next
+//! item's Q loads while this one runs) and the K/V tiles in with TMA, into rings of
+//! `HOPPER_STAGES` K and `HOPPER_V_STAGES` V stages guarded by mbarriers (K and V apart, so a K
+//! stage refills while its V is still in use); it keeps 40 registers. Warpgroups 1 and 2 are the
+//! consumers, 64 query rows each, with 232 registers: S = Q Kᵀ by wgmma from shared memory, the
+//! token mask on partial tiles only, the online softmax in registers, then O += P V by wgmma with
+//! P straight from the S registers. The two consumers are not synchronised with each other, so the softmax of one
 //! overlaps the tensor-core work of the other.
 //!
 //! The producer tells the consumers which item comes next (a shared word published with the Q
