@@ -337,3 +337,10 @@ pub struct HopperDqParams {
 pub const fn hopper_dq_smem_bytes(d: usize) -> usize {
     (2 * HOPPER_DQ_Q_TILES * HOPPER_ROWS + 2 * HOPPER_DQ_STAGES * HOPPER_KEYS) * d * 2 + 1024
 }
+
+/// Dynamic shared memory a block may opt in to on Hopper (sm_90): 227 KiB. The host checks the
+/// device's own limit at load time; this keeps the stage counts honest at build time.
+pub const HOPPER_MAX_SMEM: usize = 227 * 1024;
+const _: () = assert!(
+    hopper_fwd_smem_bytes(128) <= HOPPER_MAX_SMEM && hopper_dq_smem_bytes(128) <= HOPPER_MAX_SMEM && hopper_dkdv_smem_bytes(128) <= HOPPER_MAX_SMEM
+);

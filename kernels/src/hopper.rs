@@ -113,6 +113,8 @@ impl<const NS: u32, const NV: u32, const QT: u32, const NQ: u32> Smem<NS, NV, QT
     pub(crate) fn new(base: u32, d: usize) -> Self {
         // Q tiles and K/V tiles share one size and one column-block stride (`HALF`).
         const { assert!(HOPPER_ROWS == HOPPER_KEYS) };
+        // Barriers, item slots and tile ring fit the 1 KiB block the smem sizes reserve.
+        const { assert!(16 * (NQ + NS + NV) + 64 * NQ + 4 * NS <= 1024) };
         let tile_bytes = (HOPPER_KEYS * d * 2) as u32;
         let q = base;
         let k = q + NQ * QT * tile_bytes;
