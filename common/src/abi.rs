@@ -234,7 +234,7 @@ pub const HOPPER_ROWS: usize = 128;
 /// Keys per Hopper forward tile: one mask block.
 pub const HOPPER_KEYS: usize = 128;
 /// K stages of the Hopper forward's shared-memory ring.
-pub const HOPPER_STAGES: usize = 2;
+pub const HOPPER_K_STAGES: usize = 2;
 /// V stages of the Hopper forward's ring. A V stage is held a softmax longer than a K stage (from
 /// its load to its P V, issued with the next S), so V gets the third stage: 2 K + 3 V beat
 /// 3 K + 2 V and 2 + 2 beside the second Q slot (perf notes, session 6).
@@ -276,7 +276,7 @@ pub struct HopperFwdParams {
 /// then the barriers, the tile ring and the item slot (one 1 KiB block, keeping the tiles 1 KiB
 /// aligned).
 pub const fn hopper_fwd_smem_bytes(d: usize) -> usize {
-    (HOPPER_Q_TILES * HOPPER_ROWS + (HOPPER_STAGES + HOPPER_V_STAGES) * HOPPER_KEYS) * d * 2 + 1024
+    (HOPPER_Q_TILES * HOPPER_ROWS + (HOPPER_K_STAGES + HOPPER_V_STAGES) * HOPPER_KEYS) * d * 2 + 1024
 }
 
 /// Keys per Hopper `dK`/`dV` CTA (two consumer warpgroups of 64 keys): one mask block.

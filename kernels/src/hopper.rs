@@ -6,7 +6,7 @@
 //! that share L2, so the short items fill the tail). Warpgroup 0 is the producer: one thread
 //! walks each item's key tiles (128 keys, one mask block) and brings Q (two slots: the next
 //! item's Q loads while this one runs) and the K/V tiles in with TMA, into rings of
-//! `HOPPER_STAGES` K and `HOPPER_V_STAGES` V stages guarded by mbarriers (K and V apart, so a K
+//! `HOPPER_K_STAGES` K and `HOPPER_V_STAGES` V stages guarded by mbarriers (K and V apart, so a K
 //! stage refills while its V is still in use); it keeps 40 registers. Warpgroups 1 and 2 are the
 //! consumers, 64 query rows each, with 232 registers: S = Q Kᵀ by wgmma from shared memory, the
 //! token mask on partial tiles only, the online softmax in registers, then O += P V by wgmma with
@@ -18,7 +18,7 @@
 //! shared memory: the tile's first key, `LAST` on an item's last tile, `EMPTY` for an item with
 //! no tile at all, whose rows get o = 0, lse = -inf).
 use attn_common::{
-    BLK, HOPPER_KEYS, HOPPER_Q_TILES, HOPPER_ROWS, HOPPER_STAGES, HOPPER_V_STAGES, HeadRule, HopperFwdParams, KIND_BLOCK_STREAMING,
+    BLK, HOPPER_KEYS, HOPPER_Q_TILES, HOPPER_ROWS, HOPPER_K_STAGES, HOPPER_V_STAGES, HeadRule, HopperFwdParams, KIND_BLOCK_STREAMING,
     KIND_TOKEN_STREAMING, RowSpan, RowWindow, SeqInfo, TENSOR_MAP_BYTES, WorkItem, row_window,
 };
 
@@ -35,7 +35,7 @@ const LN2: f32 = core::f32::consts::LN_2;
 /// As in the portable kernel: O and l are rescaled only when a row's max grows by more than this
 /// (log2 units) past the max they are kept against.
 const RESCALE_SLACK: f32 = 8.0;
-const NS: u32 = HOPPER_STAGES as u32;
+const NS: u32 = HOPPER_K_STAGES as u32;
 const NV: u32 = HOPPER_V_STAGES as u32;
 const NQ: u32 = HOPPER_Q_TILES as u32;
 pub(crate) const BK: i32 = HOPPER_KEYS as i32;
@@ -350,10 +350,18 @@ pub(crate) unsafe fn lane0_read(addr: u32, lane: u32) -> u32 {
 /// (published by the producer with them); `None` once the work is done.
 #[inline(always)]
 pub(crate) unsafe fn next_item<const NS: u32, const NV: u32, const QT: u32, const NQ: u32>(sm: Smem<NS, NV, QT, NQ>, n_item: u32, lane: u32) -> Option<ItemInfo> {
+    unsafe { item_ready(sm, n_item, lane).then(|| read_item(sm, n_item % NQ)) }
+}
+
+/// Waits for the query-side tiles of the consumers' `n_item`-th item; false if the producer said
+/// there is no item.
+#[inline(always)]
+unsafe fn item_ready<const NS: u32, const NV: u32, const QT: u32, const NQ: u32>(sm: Smem<NS, NV, QT, NQ>, n_item: u32, lane: u32) -> bool {
     let qb = n_item % NQ;
-    unsafe { mbar_wait(sm.q_full(qb), (n_item / NQ) & 1) };
-    let info = unsafe { read_item(sm, qb, lane) };
-    (info.idx != NO_ITEM).then_some(info)
+    unsafe {
+        mbar_wait(sm.q_full(qb), (n_item / NQ) & 1);
+        lane0_read(sm.item(qb), lane) != NO_ITEM
+    }
 }
 
 /// Publishes an item's description at `addr` (its slot): vector stores through a 32-bit address
@@ -371,10 +379,10 @@ unsafe fn write_item(addr: u32, info: ItemInfo) {
 }
 
 /// The description of the item in Q slot `qb` (published, and the slot not yet handed back),
-/// read by every lane: vector loads rather than [`read_item`]'s 13 dependent reads. The lane
-/// that hands the slot back must first meet the others ([`syncwarp`]).
+/// read by every lane with vector loads. The warp then meets (`syncwarp`): every lane's read is
+/// ordered before lane 0's later arrival that hands the slot back to the producer.
 #[inline(always)]
-unsafe fn read_item_warp(sm: Smem<NS, NV, 1, NQ>, qb: u32) -> ItemInfo {
+unsafe fn read_item<const NS: u32, const NV: u32, const QT: u32, const NQ: u32>(sm: Smem<NS, NV, QT, NQ>, qb: u32) -> ItemInfo {
     let addr = sm.item(qb);
     let mut w = [0u32; INFO_WORDS];
     for i in 0..INFO_WORDS / 4 {
@@ -384,19 +392,9 @@ unsafe fn read_item_warp(sm: Smem<NS, NV, 1, NQ>, qb: u32) -> ItemInfo {
     for i in INFO_WORDS / 4 * 4..INFO_WORDS {
         w[i] = unsafe { ld_shared_u32(addr + 4 * i as u32) };
     }
+    syncwarp();
     // SAFETY: ItemInfo is INFO_WORDS plain 32-bit words.
     unsafe { core::mem::transmute::<[u32; INFO_WORDS], ItemInfo>(w) }
-}
-
-/// The description of the item in Q slot `qb` (published, and the slot not yet handed back).
-#[inline(always)]
-unsafe fn read_item<const NS: u32, const NV: u32, const QT: u32, const NQ: u32>(sm: Smem<NS, NV, QT, NQ>, qb: u32, lane: u32) -> ItemInfo {
-    let mut words = [0u32; INFO_WORDS];
-    for (i, w) in words.iter_mut().enumerate() {
-        *w = unsafe { lane0_read(sm.item(qb) + 4 * i as u32, lane) };
-    }
-    // SAFETY: ItemInfo is INFO_WORDS plain 32-bit words.
-    unsafe { core::mem::transmute::<[u32; INFO_WORDS], ItemInfo>(words) }
 }
 
 /// The windows of a consumer thread's two rows, `i` and `i + 8`.
@@ -440,19 +438,9 @@ impl Rows {
     /// Rows `row` and `row + 8` of the item in Q slot `qb`, before any key.
     #[inline(always)]
     unsafe fn new(sm: Smem<NS, NV, 1, NQ>, qb: u32, causal: bool, row: i32) -> Self {
-        let ItemInfo { item, seq, rule, .. } = unsafe { read_item_warp(sm, qb) };
+        let ItemInfo { item, seq, rule, .. } = unsafe { read_item(sm, qb) };
         let i = item.q_block as i32 * BLK + row;
         Rows { win: row_windows(rule, causal, &seq, i), m: [f32::NEG_INFINITY; 2], l: [0.0; 2] }
-    }
-}
-
-/// Waits for the consumers' `n_item`-th Q tile; false if the producer said there is no item.
-#[inline(always)]
-unsafe fn item_ready(sm: Smem<NS, NV, 1, NQ>, n_item: u32, lane: u32) -> bool {
-    let qb = n_item % NQ;
-    unsafe {
-        mbar_wait(sm.q_full(qb), (n_item / NQ) & 1);
-        lane0_read(sm.item(qb), lane) != NO_ITEM
     }
 }
 
@@ -893,8 +881,7 @@ unsafe fn release_k(sm: Smem<NS, NV, 1, NQ>, s: u32, lane: u32) {
 /// registers through the item's tiles, it spilled.
 #[inline(always)]
 unsafe fn finish_item<E: Element, O: OAcc>(p: &HopperFwdParams, sm: Smem<NS, NV, 1, NQ>, qb: u32, o: &mut O, r: &Rows, row: i32, lane: u32) {
-    let ItemInfo { item, seq, .. } = unsafe { read_item_warp(sm, qb) };
-    syncwarp();
+    let ItemInfo { item, seq, .. } = unsafe { read_item(sm, qb) };
     if lane == 0 {
         unsafe { mbar_arrive(sm.q_empty(qb)) };
     }
