@@ -419,10 +419,10 @@ pub(crate) unsafe fn release_empty_tile<const NS: u32, const NV: u32, const QT: 
     }
 }
 
-/// Whether the row sees every key of the tile at `j0`.
+/// Whether the row sees every key of the `width` keys from `j0`.
 #[inline(always)]
-fn sees_all(w: &RowWindow, j0: i32) -> bool {
-    let j1 = j0 + BK - 1;
+fn sees_all(w: &RowWindow, j0: i32, width: i32) -> bool {
+    let j1 = j0 + width - 1;
     j1 < w.sink_end || (j0 >= w.lo && j1 <= w.hi)
 }
 
@@ -432,16 +432,81 @@ struct Rows {
     win: [RowWindow; 2],
     m: [f32; 2],
     l: [f32; 2],
+    /// What the warpgroup's 64 rows see together: the last row's sink end, the first row's
+    /// window start, the last row's window end (as [`RowSpan::tile_any`] reads them).
+    sink_end: i32,
+    lo: i32,
+    hi: i32,
+}
+
+/// The key columns of a 128-key tile whose softmax a consumer warpgroup runs: the whole tile, or
+/// the one 64-key half its rows see (the other half's probabilities are zero). Only an item's
+/// first tile takes a half: a streaming item's sink tile (token streaming's 64 sink keys), where
+/// nothing is in flight. S and P V stay whole: N = 64 / K = 64 variants of them, or a second
+/// softmax shape in the loop where a P V is in flight, made ptxas serialise every wgmma of the
+/// kernel (C7518; perf notes, session 7).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Cols {
+    All,
+    Left,
+    Right,
 }
 
 impl Rows {
-    /// Rows `row` and `row + 8` of the item in Q slot `qb`, before any key.
+    /// Rows `row` and `row + 8` of the item in Q slot `qb` (warpgroup `c`'s), before any key.
     #[inline(always)]
-    unsafe fn new(sm: Smem<NS, NV, 1, NQ>, qb: u32, causal: bool, row: i32) -> Self {
+    unsafe fn new(sm: Smem<NS, NV, 1, NQ>, qb: u32, causal: bool, c: u32, row: i32) -> Self {
         let ItemInfo { item, seq, rule, .. } = unsafe { read_item(sm, qb) };
+        let i0 = item.q_block as i32 * BLK + 64 * c as i32;
+        // A warpgroup past the sequence's end keeps its first row (its rows are not written).
+        let i1 = (i0 + 63).min(seq.q_len - 1).max(i0);
+        let span = RowSpan::new(rule, causal, seq.q_len, seq.k_len, i0, i1);
         let i = item.q_block as i32 * BLK + row;
-        Rows { win: row_windows(rule, causal, &seq, i), m: [f32::NEG_INFINITY; 2], l: [0.0; 2] }
+        Rows {
+            win: row_windows(rule, causal, &seq, i),
+            m: [f32::NEG_INFINITY; 2],
+            l: [0.0; 2],
+            sink_end: span.last.sink_end,
+            lo: span.first.lo,
+            hi: span.last.hi,
+        }
     }
+
+    /// Whether some row of the warpgroup may see some key of `[j0, j1]` ([`RowSpan::tile_any`]).
+    #[inline(always)]
+    fn any(&self, j0: i32, j1: i32) -> bool {
+        j0 < self.sink_end || self.lo.max(0).max(j0) <= self.hi.min(j1)
+    }
+
+    /// The columns of the tile at `j0` the warpgroup's softmax covers. A tile it sees nothing of
+    /// is taken as its left half, all masked (it adds nothing).
+    #[inline(always)]
+    fn cols(&self, j0: i32) -> Cols {
+        let right = self.any(j0 + 64, j0 + BK - 1);
+        if !right {
+            Cols::Left
+        } else if !self.any(j0, j0 + 63) {
+            Cols::Right
+        } else {
+            Cols::All
+        }
+    }
+}
+
+/// The first `H` elements of `x`, as an array.
+#[inline(always)]
+fn head<T, const N: usize, const H: usize>(x: &mut [T; N]) -> &mut [T; H] {
+    const { assert!(H <= N) };
+    // SAFETY: the first H of N elements, same alignment.
+    unsafe { &mut *(x.as_mut_ptr() as *mut [T; H]) }
+}
+
+/// The last `H` elements of `x`, as an array.
+#[inline(always)]
+fn tail<T, const N: usize, const H: usize>(x: &mut [T; N]) -> &mut [T; H] {
+    const { assert!(H <= N) };
+    // SAFETY: the last H of N elements, same alignment.
+    unsafe { &mut *(x.as_mut_ptr().add(N - H) as *mut [T; H]) }
 }
 
 /// Issues S = Q Kᵀ for the K tile of stage `s` (one commit group; not waited for).
@@ -455,6 +520,25 @@ pub(crate) unsafe fn issue_s<E: WgElement, O: OAcc>(sc: &mut [f32; 64], dq: u64,
             E::mma_ss_n128(sc, dq + k_step(kk), dk + k_step(kk), kk > 0);
         }
         wgmma::commit();
+    }
+}
+
+/// [`softmax`] of the tile columns `cols` of the tile at `j0`; the other half's probabilities
+/// are set to zero.
+#[inline(always)]
+fn softmax_cols(sc: &mut [f32; 64], r: &mut Rows, j0: i32, lane: u32, scale: f32, cols: Cols) -> Option<[f32; 2]> {
+    match cols {
+        Cols::All => softmax(sc, r, j0, lane, scale),
+        Cols::Left => {
+            let alpha = softmax::<32>(head(sc), r, j0, lane, scale);
+            *tail::<f32, 64, 32>(sc) = [0.0; 32];
+            alpha
+        }
+        Cols::Right => {
+            let alpha = softmax::<32>(tail(sc), r, j0 + 64, lane, scale);
+            *head::<f32, 64, 32>(sc) = [0.0; 32];
+            alpha
+        }
     }
 }
 
@@ -472,8 +556,8 @@ pub(crate) unsafe fn issue_pv<E: WgElement, O: OAcc>(o: &mut O, pf: &mut [u32; 3
 
 /// Sets to -inf the scores of row `h` whose column (relative to the thread's first) fails `sees`.
 #[inline(always)]
-fn mask_row(sc: &mut [f32; 64], h: usize, sees: impl Fn(i32) -> bool) {
-    for n in 0..16 {
+fn mask_row<const N: usize>(sc: &mut [f32; N], h: usize, sees: impl Fn(i32) -> bool) {
+    for n in 0..N / 4 {
         for e in 0..2 {
             if !sees((n * 8 + e) as i32) {
                 sc[4 * n + 2 * h + e] = f32::NEG_INFINITY;
@@ -482,14 +566,15 @@ fn mask_row(sc: &mut [f32; 64], h: usize, sees: impl Fn(i32) -> bool) {
     }
 }
 
-/// Sets to -inf the scores of the tile at `j0` that the thread's two rows (windows `win`) do not
-/// see; rows that see all of it are left alone.
+/// Sets to -inf the scores of the 2 `N` keys from `j0` (a tile, or a half) that the thread's
+/// two rows (windows `win`) do not see; rows that see all of them are left alone.
 #[inline(always)]
-pub(crate) fn mask_tile(sc: &mut [f32; 64], win: &[RowWindow; 2], j0: i32, lane: u32) {
+pub(crate) fn mask_tile<const N: usize>(sc: &mut [f32; N], win: &[RowWindow; 2], j0: i32, lane: u32) {
+    let width = 2 * N as i32;
     let base = j0 + (lane % 4) as i32 * 2;
     for h in 0..2 {
         let w = &win[h];
-        if !sees_all(w, j0) {
+        if !sees_all(w, j0, width) {
             // Bounds relative to the thread's first column: each test is against an immediate.
             // Most partial tiles are cut by one bound only (the causal diagonal or a window's
             // upper edge, or a window's lower edge): one test per element then.
@@ -497,7 +582,7 @@ pub(crate) fn mask_tile(sc: &mut [f32; 64], win: &[RowWindow; 2], j0: i32, lane:
             let no_sink = j0 >= w.sink_end;
             if no_sink && j0 >= w.lo {
                 mask_row(sc, h, |c| c <= hi);
-            } else if no_sink && j0 + BK - 1 <= w.hi {
+            } else if no_sink && j0 + width - 1 <= w.hi {
                 mask_row(sc, h, |c| lo <= c);
             } else {
                 mask_row(sc, h, |c| c < sink || (lo <= c && c <= hi));
@@ -506,17 +591,18 @@ pub(crate) fn mask_tile(sc: &mut [f32; 64], win: &[RowWindow; 2], j0: i32, lane:
     }
 }
 
-/// Masks the scores of the tile at `j0` (rows that see all of it are left alone), updates the
-/// running max and sum, and turns the scores into probabilities in place. Returns the factors
-/// that O must be scaled by when the max moved (lazily: only by more than `RESCALE_SLACK`).
+/// Masks the scores of the 2 `N` keys from `j0` (rows that see all of them are left alone),
+/// updates the running max and sum, and turns the scores into probabilities in place. Returns
+/// the factors that O must be scaled by when the max moved (lazily: only by more than
+/// `RESCALE_SLACK`).
 #[inline(always)]
-fn softmax(sc: &mut [f32; 64], r: &mut Rows, j0: i32, lane: u32, scale: f32) -> Option<[f32; 2]> {
+fn softmax<const N: usize>(sc: &mut [f32; N], r: &mut Rows, j0: i32, lane: u32, scale: f32) -> Option<[f32; 2]> {
     mask_tile(sc, &r.win, j0, lane);
     let mut rowmax = [f32::NEG_INFINITY; 2];
     let mut grow = false;
     for h in 0..2 {
         let mut mx = f32::NEG_INFINITY;
-        for n in 0..16 {
+        for n in 0..N / 4 {
             mx = mx.max(sc[4 * n + 2 * h]).max(sc[4 * n + 2 * h + 1]);
         }
         mx = mx.max(shfl_xor(mx, 1));
@@ -541,7 +627,7 @@ fn softmax(sc: &mut [f32; 64], r: &mut Rows, j0: i32, lane: u32, scale: f32) -> 
     for h in 0..2 {
         let m_use = if r.m[h] == f32::NEG_INFINITY { 0.0 } else { r.m[h] };
         let mut sum = 0.0f32;
-        for n in 0..16 {
+        for n in 0..N / 4 {
             for e in 0..2 {
                 let x = exp2(fma(sc[4 * n + 2 * h + e], scale, -m_use));
                 sc[4 * n + 2 * h + e] = x;
@@ -725,7 +811,7 @@ unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperFwdParams, sm: Sme
             break;
         }
         tmark!(tr, 1);
-        let mut r = unsafe { Rows::new(sm, qb, causal, row) };
+        let mut r = unsafe { Rows::new(sm, qb, causal, c, row) };
         let mut o = O::zero();
         let s = tile % NS;
         unsafe { mbar_wait(sm.k_full(s), (tile / NS) & 1) };
@@ -743,7 +829,8 @@ unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperFwdParams, sm: Sme
             }
             tmark!(tr, 3);
             unsafe { release_k(sm, s, lane) };
-            softmax(&mut sc, &mut r, tile_j0(e), lane, scale); // O is still zero: no rescale
+            let cols = r.cols(tile_j0(e));
+            softmax_cols(&mut sc, &mut r, tile_j0(e), lane, scale, cols); // O is still zero: no rescale
             tmark!(tr, 4);
             let mut pf = pack_a::<E, 64, 32>(&sc);
             // The tile whose probabilities are in `pf` (entry `e`).
@@ -787,8 +874,9 @@ unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperFwdParams, sm: Sme
                     }
                     tmark!(tr, 3);
                     unsafe { release_k(sm, s, lane) };
-                    (r, e, qb) = (unsafe { Rows::new(sm, nqb, causal, row) }, ne, nqb);
-                    softmax(&mut sc, &mut r, tile_j0(e), lane, scale); // O starts again at zero
+                    (r, e, qb) = (unsafe { Rows::new(sm, nqb, causal, c, row) }, ne, nqb);
+                    let cols = r.cols(tile_j0(e));
+                    softmax_cols(&mut sc, &mut r, tile_j0(e), lane, scale, cols); // O starts again at zero
                     tmark!(tr, 4);
                     o = O::zero();
                     n_item += 1;
