@@ -432,24 +432,12 @@ struct Rows {
     win: [RowWindow; 2],
     m: [f32; 2],
     l: [f32; 2],
-    /// What the warpgroup's 64 rows see together: the last row's sink end, the first row's
-    /// window start, the last row's window end (as [`RowSpan::tile_any`] reads them).
+    /// What the warpgroup's 64 rows see together, for [`softmax_first`]: the last row's sink
+    /// end, the first row's window start, the last row's window end (as [`RowSpan::tile_any`]
+    /// reads them).
     sink_end: i32,
     lo: i32,
     hi: i32,
-}
-
-/// The key columns of a 128-key tile whose softmax a consumer warpgroup runs: the whole tile, or
-/// the one 64-key half its rows see (the other half's probabilities are zero). Only an item's
-/// first tile takes a half: a streaming item's sink tile (token streaming's 64 sink keys), where
-/// nothing is in flight. S and P V stay whole: N = 64 / K = 64 variants of them, or a second
-/// softmax shape in the loop where a P V is in flight, made ptxas serialise every wgmma of the
-/// kernel (C7518; perf notes, session 7).
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Cols {
-    All,
-    Left,
-    Right,
 }
 
 impl Rows {
@@ -478,18 +466,11 @@ impl Rows {
         j0 < self.sink_end || self.lo.max(0).max(j0) <= self.hi.min(j1)
     }
 
-    /// The columns of the tile at `j0` the warpgroup's softmax covers. A tile it sees nothing of
-    /// is taken as its left half, all masked (it adds nothing).
+    /// Whether the warpgroup's rows see nothing of the right half (keys `j0 + 64..j0 + 128`)
+    /// of the tile at `j0`.
     #[inline(always)]
-    fn cols(&self, j0: i32) -> Cols {
-        let right = self.any(j0 + 64, j0 + BK - 1);
-        if !right {
-            Cols::Left
-        } else if !self.any(j0, j0 + 63) {
-            Cols::Right
-        } else {
-            Cols::All
-        }
+    fn left_only(&self, j0: i32) -> bool {
+        !self.any(j0 + 64, j0 + BK - 1)
     }
 }
 
@@ -499,14 +480,6 @@ fn head<T, const N: usize, const H: usize>(x: &mut [T; N]) -> &mut [T; H] {
     const { assert!(H <= N) };
     // SAFETY: the first H of N elements, same alignment.
     unsafe { &mut *(x.as_mut_ptr() as *mut [T; H]) }
-}
-
-/// The last `H` elements of `x`, as an array.
-#[inline(always)]
-fn tail<T, const N: usize, const H: usize>(x: &mut [T; N]) -> &mut [T; H] {
-    const { assert!(H <= N) };
-    // SAFETY: the last H of N elements, same alignment.
-    unsafe { &mut *(x.as_mut_ptr().add(N - H) as *mut [T; H]) }
 }
 
 /// Issues S = Q Kᵀ for the K tile of stage `s` (one commit group; not waited for).
@@ -523,23 +496,24 @@ pub(crate) unsafe fn issue_s<E: WgElement, O: OAcc>(sc: &mut [f32; 64], dq: u64,
     }
 }
 
-/// [`softmax`] of the tile columns `cols` of the tile at `j0`; the other half's probabilities
-/// are set to zero.
+/// [`softmax`] of the tile at `j0`, on its left 64 keys only when the warpgroup sees nothing of
+/// the right ones (`left`; their probabilities are then zero): half the exponentials and, on
+/// token streaming's 64-key sink, no mask.
+///
+/// Used for an item's first tile where the consumers chain items (a streaming item's sink tile),
+/// nothing in flight. Not in the loop's steady state, where a P V is in flight: there a second
+/// softmax shape left ptxas short of registers for the wgmma pipeline (every wgmma serialised,
+/// C7511 / C7518), or, for the left half only, cost dense 7% (perf notes, session 7). Nor for a
+/// right half, nor at a pass's first item: each copy adds ~1,000 instructions, and those made
+/// streaming slower than they saved (session 7, V vs H).
 #[inline(always)]
-fn softmax_cols(sc: &mut [f32; 64], r: &mut Rows, j0: i32, lane: u32, scale: f32, cols: Cols) -> Option<[f32; 2]> {
-    match cols {
-        Cols::All => softmax(sc, r, j0, lane, scale),
-        Cols::Left => {
-            let alpha = softmax::<32>(head(sc), r, j0, lane, scale);
-            *tail::<f32, 64, 32>(sc) = [0.0; 32];
-            alpha
-        }
-        Cols::Right => {
-            let alpha = softmax::<32>(tail(sc), r, j0 + 64, lane, scale);
-            *head::<f32, 64, 32>(sc) = [0.0; 32];
-            alpha
-        }
+fn softmax_first(sc: &mut [f32; 64], r: &mut Rows, j0: i32, lane: u32, scale: f32, left: bool) -> Option<[f32; 2]> {
+    if !left {
+        return softmax(sc, r, j0, lane, scale);
     }
+    let alpha = softmax::<32>(head(sc), r, j0, lane, scale);
+    sc[32..].fill(0.0);
+    alpha
 }
 
 /// Issues O += P V for the V tile at descriptor `dv` (one commit group; not waited for).
@@ -829,8 +803,7 @@ unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperFwdParams, sm: Sme
             }
             tmark!(tr, 3);
             unsafe { release_k(sm, s, lane) };
-            let cols = r.cols(tile_j0(e));
-            softmax_cols(&mut sc, &mut r, tile_j0(e), lane, scale, cols); // O is still zero: no rescale
+            softmax(&mut sc, &mut r, tile_j0(e), lane, scale); // O is still zero: no rescale
             tmark!(tr, 4);
             let mut pf = pack_a::<E, 64, 32>(&sc);
             // The tile whose probabilities are in `pf` (entry `e`).
@@ -875,8 +848,8 @@ unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperFwdParams, sm: Sme
                     tmark!(tr, 3);
                     unsafe { release_k(sm, s, lane) };
                     (r, e, qb) = (unsafe { Rows::new(sm, nqb, causal, c, row) }, ne, nqb);
-                    let cols = r.cols(tile_j0(e));
-                    softmax_cols(&mut sc, &mut r, tile_j0(e), lane, scale, cols); // O starts again at zero
+                    let left = r.left_only(tile_j0(e));
+                    softmax_first(&mut sc, &mut r, tile_j0(e), lane, scale, left); // O starts again at zero
                     tmark!(tr, 4);
                     o = O::zero();
                     n_item += 1;
