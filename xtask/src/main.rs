@@ -224,11 +224,18 @@ fn check_hopper_sass(cuobjdump: &Path, cubin: &Path) -> Vec<String> {
                 failures.push(format!("sm_90a {name}: no {op} in its SASS"));
             }
         }
+        // Serialised products show as a wait behind every HGMMA; the kernels wait once per
+        // commit group (8 or 16 products), so more than a wait per four products means ptxas
+        // serialised them, whatever it printed.
+        let (products, waits) = (func.matches("HGMMA").count(), func.matches("WARPGROUP.DEPBAR").count());
+        if 4 * waits > products {
+            failures.push(format!("sm_90a {name}: {waits} wgmma waits for {products} HGMMA: products serialised"));
+        }
     }
     if found == 0 {
         failures.push("sm_90a: no *_hopper_* function in the SASS".into());
     }
-    println!("sm_90a: {found} Hopper entries checked for HGMMA and UTMALDG");
+    println!("sm_90a: {found} Hopper entries checked for HGMMA, UTMALDG and unserialised products");
     failures
 }
 
