@@ -117,6 +117,15 @@ fn grid(quick: bool) -> Vec<Case> {
         let spec = AttentionSpec::batched(2, 300, 300, 4, 4, 64).with_causal(causal).with_patterns(mix("mixed", 4)).with_block_mask(2, 2);
         cases.push(Case { name: format!("packed qkv {}", if causal { "causal" } else { "full" }), f16: false, spec, density: 0.5, packed: true, seed: 200, ramp: 0.0, spike: false });
     }
+    // More query-block items than the GPU has SMs (16 blocks x 16 heads = 256): the persistent
+    // Hopper grid's CTAs then take several items each and chain them (the next item's first
+    // tile behind this one's last, its softmax on a half tile where the rows see only that);
+    // every case above has fewer items than SMs.
+    for (i, causal) in [true, false].into_iter().enumerate() {
+        let d = if causal { 128 } else { 64 };
+        let spec = AttentionSpec::batched(1, 2048, 2048, 16, 4, d).with_causal(causal).with_patterns(mix("mixed", 16)).with_block_mask(1, 2);
+        cases.push(Case { name: format!("many items {}", if causal { "causal" } else { "full" }), f16: !causal, spec, density: 0.5, packed: false, seed: 500 + i as u64, ramp: 0.0, spike: false });
+    }
     // Rising scores: gently (the running max moves past the softmax's slack now and then) and
     // steeply (later scores would overflow exp2 against an early max).
     for (i, ramp) in [0.01, 0.5].into_iter().enumerate() {
