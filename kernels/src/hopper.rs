@@ -505,7 +505,7 @@ pub(crate) unsafe fn issue_s<E: WgElement, O: OAcc>(sc: &mut [f32; 64], dq: u64,
 /// softmax shape left ptxas short of registers for the wgmma pipeline (every wgmma serialised,
 /// C7511 / C7518), or, for the left half only, cost dense 7% (perf notes, session 7). Nor for a
 /// right half, nor at a pass's first item: each copy adds ~1,000 instructions, and those made
-/// streaming slower than they saved (session 7, V vs H).
+/// streaming slower than they saved (perf notes, session 7, U2).
 #[inline(always)]
 fn softmax_first(sc: &mut [f32; 64], r: &mut Rows, j0: i32, lane: u32, scale: f32, left: bool) -> Option<[f32; 2]> {
     if !left {
