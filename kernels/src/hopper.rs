@@ -427,50 +427,40 @@ fn sees_all(w: &RowWindow, j0: i32, width: i32) -> bool {
 }
 
 /// Per-thread state of one consumer for one work item: its two rows' windows, running max and
-/// sum, and the descriptors it issues products with.
+/// sum.
 struct Rows {
     win: [RowWindow; 2],
     m: [f32; 2],
     l: [f32; 2],
-    /// What the warpgroup's 64 rows see together, for [`softmax_first`]: the last row's sink
-    /// end, the first row's window start, the last row's window end (as [`RowSpan::tile_any`]
-    /// reads them).
-    sink_end: i32,
-    lo: i32,
-    hi: i32,
 }
 
 impl Rows {
-    /// Rows `row` and `row + 8` of the item in Q slot `qb` (warpgroup `c`'s), before any key.
+    /// Rows `row` and `row + 8` of the item in Q slot `qb`, before any key.
     #[inline(always)]
-    unsafe fn new(sm: Smem<NS, NV, 1, NQ>, qb: u32, causal: bool, c: u32, row: i32) -> Self {
-        let ItemInfo { item, seq, rule, .. } = unsafe { read_item(sm, qb) };
+    unsafe fn new(sm: Smem<NS, NV, 1, NQ>, qb: u32, causal: bool, row: i32) -> Self {
+        Rows::of(unsafe { read_item(sm, qb) }, causal, row)
+    }
+
+    #[inline(always)]
+    fn of(info: ItemInfo, causal: bool, row: i32) -> Self {
+        let ItemInfo { item, seq, rule, .. } = info;
+        let i = item.q_block as i32 * BLK + row;
+        Rows { win: row_windows(rule, causal, &seq, i), m: [f32::NEG_INFINITY; 2], l: [0.0; 2] }
+    }
+
+    /// [`Rows::new`] for the item the consumers chain to, and whether warpgroup `c`'s 64 rows
+    /// see nothing of the right half (keys `j0 + 64..j0 + 128`) of its first tile, at `j0` (for
+    /// [`softmax_first`]). One read of the item's description for both: kept in registers
+    /// through the item's tiles, the warpgroup's span cost the loop as much as it saved.
+    #[inline(always)]
+    unsafe fn chained(sm: Smem<NS, NV, 1, NQ>, qb: u32, causal: bool, c: u32, row: i32, j0: i32) -> (Self, bool) {
+        let info = unsafe { read_item(sm, qb) };
+        let ItemInfo { item, seq, rule, .. } = info;
         let i0 = item.q_block as i32 * BLK + 64 * c as i32;
         // A warpgroup past the sequence's end keeps its first row (its rows are not written).
         let i1 = (i0 + 63).min(seq.q_len - 1).max(i0);
         let span = RowSpan::new(rule, causal, seq.q_len, seq.k_len, i0, i1);
-        let i = item.q_block as i32 * BLK + row;
-        Rows {
-            win: row_windows(rule, causal, &seq, i),
-            m: [f32::NEG_INFINITY; 2],
-            l: [0.0; 2],
-            sink_end: span.last.sink_end,
-            lo: span.first.lo,
-            hi: span.last.hi,
-        }
-    }
-
-    /// Whether some row of the warpgroup may see some key of `[j0, j1]` ([`RowSpan::tile_any`]).
-    #[inline(always)]
-    fn any(&self, j0: i32, j1: i32) -> bool {
-        j0 < self.sink_end || self.lo.max(0).max(j0) <= self.hi.min(j1)
-    }
-
-    /// Whether the warpgroup's rows see nothing of the right half (keys `j0 + 64..j0 + 128`)
-    /// of the tile at `j0`.
-    #[inline(always)]
-    fn left_only(&self, j0: i32) -> bool {
-        !self.any(j0 + 64, j0 + BK - 1)
+        (Rows::of(info, causal, row), !span.tile_any(j0 + 64, j0 + BK - 1))
     }
 }
 
@@ -785,7 +775,7 @@ unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperFwdParams, sm: Sme
             break;
         }
         tmark!(tr, 1);
-        let mut r = unsafe { Rows::new(sm, qb, causal, c, row) };
+        let mut r = unsafe { Rows::new(sm, qb, causal, row) };
         let mut o = O::zero();
         let s = tile % NS;
         unsafe { mbar_wait(sm.k_full(s), (tile / NS) & 1) };
@@ -847,8 +837,8 @@ unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperFwdParams, sm: Sme
                     }
                     tmark!(tr, 3);
                     unsafe { release_k(sm, s, lane) };
-                    (r, e, qb) = (unsafe { Rows::new(sm, nqb, causal, c, row) }, ne, nqb);
-                    let left = r.left_only(tile_j0(e));
+                    let left;
+                    ((r, left), e, qb) = (unsafe { Rows::chained(sm, nqb, causal, c, row, tile_j0(ne)) }, ne, nqb);
                     softmax_first(&mut sc, &mut r, tile_j0(e), lane, scale, left); // O starts again at zero
                     tmark!(tr, 4);
                     o = O::zero();
