@@ -23,9 +23,9 @@ use attn_common::{
 };
 
 use crate::arch::global::{red_add_f32, st_global_v4};
-use crate::arch::math::{exp2, fma, log2};
+use crate::arch::math::{exp2, fma, log2, rcp};
 use crate::arch::mma::Element;
-use crate::arch::smem::{dynamic_smem, ld_shared_u32, ld_shared_v4, smem_u32, st_shared_u32, st_shared_v4};
+use crate::arch::smem::{dynamic_smem, fence_proxy_async_shared, ld_shared_u32, ld_shared_v4, smem_u32, st_shared_u32, st_shared_v4, stmatrix_x4};
 use crate::arch::sync::{bar_any, bar_sync, block_idx, next_work_item, opaque, quad_transpose, shfl_idx, shfl_xor, syncwarp, thread_idx, vote_any};
 use crate::arch::tma::{fence_mbar_init, mbar_arrive, mbar_arrive_expect_tx, mbar_init, mbar_wait, prefetch_tensormap, setmaxnreg_dec, setmaxnreg_inc, tma_load_4d};
 use crate::arch::wgmma::{self, Keep, WgElement, desc, keep};
@@ -829,7 +829,7 @@ unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperFwdParams, sm: Sme
                     if lane == 0 {
                         unsafe { mbar_arrive(sm.v_empty(vs)) };
                     }
-                    unsafe { finish_item::<E, O>(p, sm, qb, &mut o, &r, row, lane) };
+                    unsafe { finish_item::<E, O>(p, sm, qb, &mut o, &r, c, row, lane) };
                     tmark!(tr, 8);
                     unsafe {
                         wgmma::wait::<0>();
@@ -910,7 +910,7 @@ unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperFwdParams, sm: Sme
             }
         }
         // Rows of an item with no tile: o = 0 (O is zero), lse = -inf (l is zero).
-        unsafe { finish_item::<E, O>(p, sm, qb, &mut o, &r, row, lane) };
+        unsafe { finish_item::<E, O>(p, sm, qb, &mut o, &r, c, row, lane) };
         tmark!(tr, 8);
         n_item += 1;
     }
@@ -926,29 +926,75 @@ unsafe fn release_k(sm: Smem<NS, NV, 1, NQ>, s: u32, lane: u32) {
     }
 }
 
-/// Epilogue of the item in Q slot `qb`: normalises the thread's two rows of O, writes them and
-/// their lse (rows that saw no key get o = 0, lse = -inf), then hands the slot back. The item's
-/// description is read again from the slot, which the consumers keep until here: held in
-/// registers through the item's tiles, it spilled.
+/// Epilogue of the item in Q slot `qb`: normalises the thread's two rows of O and writes them
+/// and their lse (rows that saw no key get o = 0, lse = -inf), then hands the slot back. The
+/// item's description is read again from the slot, which the consumers keep until here: held
+/// in registers through the item's tiles, it spilled. O goes out through the warpgroup's own
+/// Q rows in the slot (no product reads them any more): `stmatrix` puts each warp's 16 rows
+/// there whole, then every lane stores 16-byte chunks of whole rows (no shuffles).
 #[inline(always)]
-unsafe fn finish_item<E: Element, O: OAcc>(p: &HopperFwdParams, sm: Smem<NS, NV, 1, NQ>, qb: u32, o: &mut O, r: &Rows, row: i32, lane: u32) {
+unsafe fn finish_item<E: Element, O: OAcc>(p: &HopperFwdParams, sm: Smem<NS, NV, 1, NQ>, qb: u32, o: &mut O, r: &Rows, c: u32, row: i32, lane: u32) {
     let ItemInfo { item, seq, .. } = unsafe { read_item(sm, qb) };
-    if lane == 0 {
-        unsafe { mbar_arrive(sm.q_empty(qb)) };
-    }
     let f = &p.f;
     let i0 = item.q_block as i32 * BLK;
-    let valid_chunks = f.head_dim / 8;
+    let mut sums = [0.0f32; 2];
+    let mut inv = [0.0f32; 2];
     for h in 0..2 {
         let mut sum = r.l[h];
         sum += shfl_xor(sum, 1);
         sum += shfl_xor(sum, 2);
+        sums[h] = sum;
+        inv[h] = if sum > 0.0 { rcp(sum) } else { 0.0 };
+    }
+    // The warp's 16 rows: 2 D bytes each, 16-byte chunk k of row q at chunk k ^ (q % 8) (the
+    // eight rows of a matrix, and eight chunks of a row, fall in distinct banks).
+    // The lane's shared addresses recomputed here (`opaque`): hoisted out of the item loop,
+    // they spilled.
+    let lane = opaque(lane);
+    let warp = (row as u32 - 64 * c) / 16;
+    let row_bytes = 2 * O::D as u32;
+    let at = warp * 16 * row_bytes;
+    let base = sm.q(qb, 0) + 64 * 128 * c + (at / 8192) * HALF + at % 8192;
+    let chunk = |q: u32, k: u32| base + q * row_bytes + ((k ^ (q % 8)) << 4);
+    let v = o.v();
+    let (mi, mr) = (lane / 8, lane % 8);
+    for j in 0..O::D / 16 {
+        let mut m = [0u32; 4];
+        for (i, w) in m.iter_mut().enumerate() {
+            let (n, h) = (2 * j + i / 2, i % 2);
+            *w = E::pack2(v[4 * n + 2 * h] * inv[h], v[4 * n + 2 * h + 1] * inv[h]);
+        }
+        unsafe { stmatrix_x4(chunk((mi % 2) * 8 + mr, 2 * j as u32 + mi / 2), m) };
+    }
+    syncwarp();
+    let per_row = O::D as u32 / 8;
+    let rows_per_step = 32 / per_row;
+    let (k, q0) = (lane % per_row, lane / per_row);
+    let mut chunks = [[0u32; 4]; 16];
+    let steps = 16 / rows_per_step as usize;
+    for (step, w) in chunks[..steps].iter_mut().enumerate() {
+        *w = unsafe { ld_shared_v4(chunk(step as u32 * rows_per_step + q0, k)) };
+    }
+    // The slot goes back once the warp's reads of it are done; the producer's TMA then writes
+    // where `stmatrix` did.
+    unsafe { fence_proxy_async_shared() };
+    syncwarp();
+    if lane == 0 {
+        unsafe { mbar_arrive(sm.q_empty(qb)) };
+    }
+    let first = i0 + 64 * c as i32 + 16 * warp as i32;
+    let o_head = f.o + 2 * elem_offset(&f.o_strides, item.batch, seq.q_start, item.head) as u64;
+    let token_bytes = 2 * f.o_strides.token as u64;
+    for (step, w) in chunks[..steps].iter().enumerate() {
+        let i = first + (step as u32 * rows_per_step + q0) as i32;
+        if i < seq.q_len && k < f.head_dim / 8 {
+            unsafe { st_global_v4(o_head + i as u64 * token_bytes + 16 * k as u64, *w) };
+        }
+    }
+    for h in 0..2 {
         let i = i0 + row + 8 * h as i32;
-        let valid = i < seq.q_len;
-        let (inv, lse) = if sum > 0.0 { (1.0 / sum, (r.m[h] + log2(sum)) * LN2) } else { (0.0, f32::NEG_INFINITY) };
-        let o_row = f.o + 2 * elem_offset(&f.o_strides, item.batch, seq.q_start + i, item.head) as u64;
-        unsafe { store_acc_row::<E, O>(o, h, inv, o_row, valid, lane, valid_chunks) };
-        if valid && lane % 4 == 0 {
+        if i < seq.q_len && lane % 4 == 0 {
+            let lse = if sums[h] > 0.0 { (r.m[h] + log2(sums[h])) * LN2 } else { f32::NEG_INFINITY };
             let at = item.batch as i64 * f.lse_batch + item.head as i64 * f.lse_head + (seq.q_start + i) as i64;
             unsafe { *(f.lse as *mut f32).add(at as usize) = lse };
         }

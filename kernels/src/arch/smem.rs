@@ -64,3 +64,22 @@ pub unsafe fn ld_shared_u64(addr: u32) -> u64 {
     unsafe { asm!("ld.shared.u64 {0}, [{1}];", out(reg64) v, in(reg32) addr, options(nostack, readonly)); }
     v
 }
+
+/// `stmatrix.sync.aligned.m8n8.x4.shared.b16 [addr], {m0, m1, m2, m3}`: four 8×8 matrices of
+/// 16-bit elements. Fragment: register `mi` of lane `4r + t` holds row `r`, columns `2t` and
+/// `2t + 1` of matrix `i` (an mma accumulator's layout, two elements packed per word); lane
+/// `8i + r` gives the 16-byte-aligned address of row `r` of matrix `i`. Warp-wide (converged).
+#[inline(always)]
+pub unsafe fn stmatrix_x4(addr: u32, m: [u32; 4]) {
+    unsafe {
+        asm!("stmatrix.sync.aligned.m8n8.x4.shared.b16 [{0}], {{{1}, {2}, {3}, {4}}};", in(reg32) addr,
+             in(reg32) m[0], in(reg32) m[1], in(reg32) m[2], in(reg32) m[3], options(nostack));
+    }
+}
+
+/// `fence.proxy.async.shared::cta`: orders this thread's earlier shared-memory accesses
+/// (generic proxy) before later async-proxy ones (TMA) that a barrier makes follow them.
+#[inline(always)]
+pub unsafe fn fence_proxy_async_shared() {
+    unsafe { asm!("fence.proxy.async.shared::cta;", options(nostack)) };
+}
