@@ -946,11 +946,13 @@ unsafe fn finish_item<E: Element, O: OAcc>(p: &HopperFwdParams, sm: Smem<NS, NV,
         sums[h] = sum;
         inv[h] = if sum > 0.0 { rcp(sum) } else { 0.0 };
     }
-    // The warp's 16 rows: 2 D bytes each, 16-byte chunk k of row q at chunk k ^ (q % 8) (the
-    // eight rows of a matrix, and eight chunks of a row, fall in distinct banks).
-    // The lane's shared addresses recomputed here (`opaque`): hoisted out of the item loop,
+    // The lane's shared addresses are recomputed here (`opaque`): hoisted out of the item loop,
     // they spilled.
     let lane = opaque(lane);
+    // The warpgroup's Q rows are an 8 KB piece in each 64-column half of the slot; its warps'
+    // staging areas (16 rows of 2 D bytes) fill them in turn. Chunk k (16 bytes) of row q sits
+    // at chunk k ^ (q % 8): the eight rows of a matrix, and eight chunks of a row, fall in
+    // distinct banks.
     let warp = (row as u32 - 64 * c) / 16;
     let row_bytes = 2 * O::D as u32;
     let at = warp * 16 * row_bytes;
