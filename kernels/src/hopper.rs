@@ -64,8 +64,13 @@ macro_rules! tmark {
         $tr.mark($code);
     };
 }
-/// Arrivals that free a stage or the Q tile: lane 0 of each of the 8 consumer warps.
+/// Arrivals that free a K or V stage: lane 0 of each of the 8 consumer warps.
 const CONSUMER_WARPS: u32 = 8;
+/// Arrivals that free a Q slot: every consumer thread, each after its own reads of the item's
+/// description (with lane 0 arriving for its warp after a `syncwarp`, ordered too in the PTX
+/// memory model, racecheck reported the producer's next write of the slot as a race: perf
+/// notes, session 8, V6).
+const CONSUMER_THREADS: u32 = 256;
 
 /// The O accumulator of one consumer thread for a head dim (`[f32; D / 2]`).
 pub trait OAcc: Keep + Copy {
@@ -157,7 +162,7 @@ impl<const NS: u32, const NV: u32, const QT: u32, const NQ: u32> Smem<NS, NV, QT
         unsafe {
             for b in 0..NQ {
                 mbar_init(self.q_full(b), 1);
-                mbar_init(self.q_empty(b), CONSUMER_WARPS);
+                mbar_init(self.q_empty(b), CONSUMER_THREADS);
             }
             for s in 0..NS {
                 mbar_init(self.k_full(s), 1);
@@ -379,8 +384,9 @@ unsafe fn write_item(addr: u32, info: ItemInfo) {
 }
 
 /// The description of the item in Q slot `qb` (published, and the slot not yet handed back),
-/// read by every lane with vector loads. The warp then meets (`syncwarp`): every lane's read is
-/// ordered before lane 0's later arrival that hands the slot back to the producer.
+/// read by every lane with vector loads. Every lane's later arrival hands the slot back to the
+/// producer ([`CONSUMER_THREADS`]); the `syncwarp` keeps the warp converged for the shuffles
+/// that follow.
 #[inline(always)]
 unsafe fn read_item<const NS: u32, const NV: u32, const QT: u32, const NQ: u32>(sm: Smem<NS, NV, QT, NQ>, qb: u32) -> ItemInfo {
     let addr = sm.item(qb);
@@ -642,16 +648,15 @@ fn softmax_fast(sc: &mut [f32; 64], r: &mut Rows, j0: i32, lane: u32, scale: f32
     true
 }
 
-/// Lane 0: K stage `s` goes back to the producer, and Q slot `qb` after the item's last tile.
+/// K stage `s` goes back to the producer (lane 0), and Q slot `qb` after the item's last tile
+/// (every lane).
 #[inline(always)]
 pub(crate) unsafe fn release_k_q<const NS: u32, const NV: u32, const QT: u32, const NQ: u32>(sm: Smem<NS, NV, QT, NQ>, s: u32, qb: u32, e: i32, lane: u32) {
     if lane == 0 {
-        unsafe {
-            mbar_arrive(sm.k_empty(s));
-            if e & LAST != 0 {
-                mbar_arrive(sm.q_empty(qb));
-            }
-        }
+        unsafe { mbar_arrive(sm.k_empty(s)) };
+    }
+    if e & LAST != 0 {
+        unsafe { mbar_arrive(sm.q_empty(qb)) };
     }
 }
 
@@ -977,12 +982,11 @@ unsafe fn finish_item<E: Element, O: OAcc>(p: &HopperFwdParams, sm: Smem<NS, NV,
     for (step, w) in chunks[..steps].iter_mut().enumerate() {
         *w = unsafe { ld_shared_v4(chunk(step as u32 * rows_per_step + q0, k)) };
     }
-    // The slot goes back once the warp's reads of it are done; the producer's TMA then writes
-    // where `stmatrix` did.
-    unsafe { fence_proxy_async_shared() };
-    syncwarp();
-    if lane == 0 {
-        unsafe { mbar_arrive(sm.q_empty(qb)) };
+    // The slot goes back once the thread's reads of it are done; the producer's TMA then
+    // writes where `stmatrix` did.
+    unsafe {
+        fence_proxy_async_shared();
+        mbar_arrive(sm.q_empty(qb));
     }
     let first = i0 + 64 * c as i32 + 16 * warp as i32;
     let o_head = f.o + 2 * elem_offset(&f.o_strides, item.batch, seq.q_start, item.head) as u64;

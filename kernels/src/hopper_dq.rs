@@ -69,9 +69,9 @@ unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperDqParams, sm: Smem
             let e = unsafe { lane0_read(sm.ring(s), lane) } as i32;
             if e == EMPTY {
                 // No key tile: the rows' dQ stays 0.
-                unsafe { release_empty_tile(sm, tile, lane) };
-                if lane == 0 {
-                    unsafe { mbar_arrive(sm.q_empty(qb)) };
+                unsafe {
+                    release_empty_tile(sm, tile, lane);
+                    mbar_arrive(sm.q_empty(qb));
                 }
                 tile += 1;
                 break;
