@@ -385,8 +385,7 @@ unsafe fn write_item(addr: u32, info: ItemInfo) {
 
 /// The description of the item in Q slot `qb` (published, and the slot not yet handed back),
 /// read by every lane with vector loads. Every lane's later arrival hands the slot back to the
-/// producer ([`CONSUMER_THREADS`]); the `syncwarp` keeps the warp converged for the shuffles
-/// that follow.
+/// producer ([`CONSUMER_THREADS`]), so no lane waits for the others' reads.
 #[inline(always)]
 unsafe fn read_item<const NS: u32, const NV: u32, const QT: u32, const NQ: u32>(sm: Smem<NS, NV, QT, NQ>, qb: u32) -> ItemInfo {
     let addr = sm.item(qb);
@@ -398,7 +397,6 @@ unsafe fn read_item<const NS: u32, const NV: u32, const QT: u32, const NQ: u32>(
     for i in INFO_WORDS / 4 * 4..INFO_WORDS {
         w[i] = unsafe { ld_shared_u32(addr + 4 * i as u32) };
     }
-    syncwarp();
     // SAFETY: ItemInfo is INFO_WORDS plain 32-bit words.
     unsafe { core::mem::transmute::<[u32; INFO_WORDS], ItemInfo>(w) }
 }
