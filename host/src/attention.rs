@@ -268,7 +268,7 @@ impl Attention {
         let tables = self.tables(stream);
         let io = [(qp, q.strides), (kp, k.strides), (vp, v.strides), (op, o.strides)];
         let params = self.fwd_params(&tables.ptrs(), io, lsep, (lp, cp));
-        if let Some((kernel, maps)) = self.hopper_maps::<T>(device.hopper_kernel(T::KERNEL, spec.head_dim), &[(io[0], true, BK), (io[1], false, BK), (io[2], false, BK)]) {
+        if let Some((kernel, maps)) = self.hopper_maps::<T>(device.hopper_kernel(T::KERNEL, spec.head_dim), &[(io[0], true, BK), (io[1], false, BK), (io[2], false, BK), (io[3], true, BK)]) {
             let grid = self.n_items.min(device.sm_count());
             let bytes = upload_maps(stream, &maps, trace::bytes(grid))?;
             let (mp, _g8) = bytes.device_ptr(stream);

@@ -7,7 +7,9 @@
 //! walks each item's key tiles (128 keys, one mask block) and brings Q (two slots: the next
 //! item's Q loads while this one runs) and the K/V tiles in with TMA, into rings of
 //! `HOPPER_K_STAGES` K and `HOPPER_V_STAGES` V stages guarded by mbarriers (K and V apart, so a K
-//! stage refills while its V is still in use); it keeps 40 registers. Warpgroups 1 and 2 are the
+//! stage refills while its V is still in use); it keeps 40 registers. Its warp 1 is the storer:
+//! the consumers stage a finished item's O in the item's Q slot and the storer writes it out (TMA
+//! for whole blocks), so no consumer waits on global stores. Warpgroups 1 and 2 are the
 //! consumers, 64 query rows each, with 232 registers: S = Q Kᵀ by wgmma from shared memory, the
 //! token mask on partial tiles only, the online softmax in registers, then O += P V by wgmma with
 //! P straight from the S registers. The two consumers are not synchronised with each other, so the softmax of one
@@ -26,8 +28,8 @@ use crate::arch::global::{red_add_f32, st_global_v4};
 use crate::arch::math::{exp2, fma, log2, rcp};
 use crate::arch::mma::Element;
 use crate::arch::smem::{dynamic_smem, fence_proxy_async_shared, ld_shared_u32, ld_shared_v4, smem_u32, st_shared_u32, st_shared_v4, stmatrix_x4};
-use crate::arch::sync::{bar_any, bar_sync, block_idx, next_work_item, opaque, quad_transpose, shfl_idx, shfl_xor, syncwarp, thread_idx, vote_any};
-use crate::arch::tma::{fence_mbar_init, mbar_arrive, mbar_arrive_expect_tx, mbar_init, mbar_wait, prefetch_tensormap, setmaxnreg_dec, setmaxnreg_inc, tma_load_4d};
+use crate::arch::sync::{bar_any, bar_sync, block_idx, next_work_item, opaque, quad_transpose, shfl_idx, shfl_xor, thread_idx, vote_any};
+use crate::arch::tma::{fence_mbar_init, mbar_arrive, mbar_arrive_expect_tx, mbar_init, mbar_wait, prefetch_tensormap, setmaxnreg_dec, setmaxnreg_inc, tma_load_4d, tma_store_4d, bulk_wait_read};
 use crate::arch::wgmma::{self, Keep, WgElement, desc, keep};
 use crate::item::{self, elem_offset, head_rule, item_walk};
 
@@ -70,7 +72,10 @@ const CONSUMER_WARPS: u32 = 8;
 /// description (with lane 0 arriving for its warp after a `syncwarp`, ordered too in the PTX
 /// memory model, racecheck reported the producer's next write of the slot as a race: perf
 /// notes, session 8, V6).
-const CONSUMER_THREADS: u32 = 256;
+pub(crate) const CONSUMER_THREADS: u32 = 256;
+/// The forward's O writer: warp 1 of the producer warpgroup ([`storer`]). It, not the consumers,
+/// hands a forward Q slot back.
+const STORER_THREADS: u32 = 32;
 
 /// The O accumulator of one consumer thread for a head dim (`[f32; D / 2]`).
 pub trait OAcc: Keep + Copy {
@@ -118,8 +123,8 @@ impl<const NS: u32, const NV: u32, const QT: u32, const NQ: u32> Smem<NS, NV, QT
     pub(crate) fn new(base: u32, d: usize) -> Self {
         // Q tiles and K/V tiles share one size and one column-block stride (`HALF`).
         const { assert!(HOPPER_ROWS == HOPPER_KEYS) };
-        // Barriers, item slots and tile ring fit the 1 KiB block the smem sizes reserve.
-        const { assert!(16 * (NQ + NS + NV) + 64 * NQ + 4 * NS <= 1024) };
+        // Barriers, item slots, tile ring and `o_full` fit the 1 KiB block the smem sizes reserve.
+        const { assert!(16 * (NQ + NS + NV) + 64 * NQ + 4 * NS + 8 + 8 * NQ <= 1024) };
         let tile_bytes = (HOPPER_KEYS * d * 2) as u32;
         let q = base;
         let k = q + NQ * QT * tile_bytes;
@@ -156,13 +161,20 @@ impl<const NS: u32, const NV: u32, const QT: u32, const NQ: u32> Smem<NS, NV, QT
     pub(crate) fn ring(&self, s: u32) -> u32 {
         self.bars + 16 * (NQ + NS + NV) + 64 * NQ + 4 * s
     }
-    /// Initialises the barriers (one thread, before the CTA barrier that publishes them).
+    /// The forward's "O of the item in slot `b` is staged there" barrier (every consumer thread
+    /// arrives; the storer waits).
+    fn o_full(&self, b: u32) -> u32 {
+        ((self.ring(NS) + 7) & !7) + 8 * b
+    }
+    /// Initialises the barriers (one thread, before the CTA barrier that publishes them); a Q
+    /// slot goes back to the producer after `q_release` arrivals.
     #[inline(always)]
-    pub(crate) unsafe fn init_barriers(&self) {
+    pub(crate) unsafe fn init_barriers(&self, q_release: u32) {
         unsafe {
             for b in 0..NQ {
                 mbar_init(self.q_full(b), 1);
-                mbar_init(self.q_empty(b), CONSUMER_THREADS);
+                mbar_init(self.q_empty(b), q_release);
+                mbar_init(self.o_full(b), CONSUMER_THREADS);
             }
             for s in 0..NS {
                 mbar_init(self.k_full(s), 1);
@@ -198,22 +210,29 @@ fn item_at(p: &HopperFwdParams, idx: u32) -> (WorkItem, SeqInfo, HeadRule) {
 }
 
 /// The warp-specialised CTA of the persistent Hopper kernels that share this producer: thread 0
-/// initialises the barriers of `sm`; warpgroup 0 keeps 40 registers and its thread 0 runs
-/// `producer`; warpgroups 1 and 2 take 232 (40 × 128 + 232 × 256 is what the launch allocated,
-/// 168 × 384: `setmaxnreg.inc` waits for registers given back) and run `consumer` with `c` (the
-/// consumer's index) and `t` (the thread's index in it) bound. A macro, not a function taking
-/// closures: closures' captures ended up in local memory.
+/// initialises the barriers of `sm` (a Q slot freed by `q_release` arrivals); warpgroup 0 keeps
+/// 40 registers, its thread 0 runs `producer` and its warp 1 `storer` with `$s` (the lane) bound,
+/// where given; warpgroups 1 and 2 take 232 (40 × 128 + 232 × 256 is
+/// what the launch allocated, 168 × 384: `setmaxnreg.inc` waits for registers given back) and run
+/// `consumer` with `c` (the consumer's index) and `t` (the thread's index in it) bound. A macro,
+/// not a function taking closures: closures' captures ended up in local memory.
 macro_rules! specialise {
-    ($sm:expr, $producer:expr, |$c:ident, $t:ident| $consumer:expr) => {{
+    ($sm:expr, $q_release:expr, $producer:expr, |$c:ident, $t:ident| $consumer:expr) => {
+        specialise!($sm, $q_release, $producer, |_s| (), |$c, $t| $consumer)
+    };
+    ($sm:expr, $q_release:expr, $producer:expr, |$s:ident| $storer:expr, |$c:ident, $t:ident| $consumer:expr) => {{
         let tid = thread_idx();
         if tid == 0 {
-            unsafe { $sm.init_barriers() };
+            unsafe { $sm.init_barriers($q_release) };
         }
         bar_sync();
         if tid < 128 {
             unsafe { setmaxnreg_dec::<40>() };
             if tid == 0 {
                 unsafe { $producer };
+            } else if tid / 32 == 1 {
+                let $s = tid - 32;
+                $storer;
             }
         } else {
             unsafe { setmaxnreg_inc::<232>() };
@@ -227,7 +246,7 @@ pub(crate) use specialise;
 #[inline(always)]
 pub unsafe fn attn_fwd_hopper<E: Element + WgElement, O: OAcc>(p: &HopperFwdParams) {
     let sm = Smem::<NS, NV, 1, NQ>::new(smem_u32(dynamic_smem()), O::D);
-    specialise!(sm, producer::<O, NS, NV, 1, NQ>(p, sm), |c, t| consumer::<E, O>(p, sm, c, t));
+    specialise!(sm, STORER_THREADS, producer::<O, NS, NV, 1, NQ>(p, sm), |s| unsafe { storer::<O>(p, sm, s) }, |c, t| consumer::<E, O>(p, sm, c, t));
 }
 
 /// One thread: for each item, Q (and dO, `QT` = 2: tensor map 3) then every key tile of its
@@ -832,7 +851,7 @@ unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperFwdParams, sm: Sme
                     if lane == 0 {
                         unsafe { mbar_arrive(sm.v_empty(vs)) };
                     }
-                    unsafe { finish_item::<E, O>(p, sm, qb, &mut o, &r, c, row, lane) };
+                    unsafe { finish_item::<E, O>(p, sm, qb, &mut o, &r, row, lane) };
                     tmark!(tr, 8);
                     unsafe {
                         wgmma::wait::<0>();
@@ -913,10 +932,12 @@ unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperFwdParams, sm: Sme
             }
         }
         // Rows of an item with no tile: o = 0 (O is zero), lse = -inf (l is zero).
-        unsafe { finish_item::<E, O>(p, sm, qb, &mut o, &r, c, row, lane) };
+        unsafe { finish_item::<E, O>(p, sm, qb, &mut o, &r, row, lane) };
         tmark!(tr, 8);
         n_item += 1;
     }
+    // The storer waits on the slot that said "no item" too.
+    unsafe { mbar_arrive(sm.o_full(n_item % NQ)) };
     #[cfg(feature = "trace")]
     tr.mark_global(31);
 }
@@ -929,14 +950,15 @@ unsafe fn release_k(sm: Smem<NS, NV, 1, NQ>, s: u32, lane: u32) {
     }
 }
 
-/// Epilogue of the item in Q slot `qb`: normalises the thread's two rows of O and writes them
-/// and their lse (rows that saw no key get o = 0, lse = -inf), then hands the slot back. The
-/// item's description is read again from the slot, which the consumers keep until here: held
-/// in registers through the item's tiles, it spilled. O goes out through the warpgroup's own
-/// Q rows in the slot (no product reads them any more): `stmatrix` puts each warp's 16 rows
-/// there whole, then every lane stores 16-byte chunks of whole rows (no shuffles).
+/// Epilogue of the item in Q slot `qb`: normalises the thread's two rows of O, stages them in
+/// the slot for the [`storer`] and writes their lse (rows that saw no key get o = 0, lse =
+/// -inf). The item's description is read again from the slot, which the consumers keep until
+/// here: held in registers through the item's tiles, it spilled. O goes into the warpgroup's own
+/// Q rows (no product reads them any more): `stmatrix` puts each warp's 16 rows there whole. The
+/// global stores are the storer's: here they stalled the consumer's chain behind the memory
+/// system's queues (perf notes, session 9).
 #[inline(always)]
-unsafe fn finish_item<E: Element, O: OAcc>(p: &HopperFwdParams, sm: Smem<NS, NV, 1, NQ>, qb: u32, o: &mut O, r: &Rows, c: u32, row: i32, lane: u32) {
+unsafe fn finish_item<E: Element, O: OAcc>(p: &HopperFwdParams, sm: Smem<NS, NV, 1, NQ>, qb: u32, o: &mut O, r: &Rows, row: i32, lane: u32) {
     let ItemInfo { item, seq, .. } = unsafe { read_item(sm, qb) };
     let f = &p.f;
     let i0 = item.q_block as i32 * BLK;
@@ -952,15 +974,7 @@ unsafe fn finish_item<E: Element, O: OAcc>(p: &HopperFwdParams, sm: Smem<NS, NV,
     // The lane's shared addresses are recomputed here (`opaque`): hoisted out of the item loop,
     // they spilled.
     let lane = opaque(lane);
-    // The warpgroup's Q rows are an 8 KB piece in each 64-column half of the slot; its warps'
-    // staging areas (16 rows of 2 D bytes) fill them in turn. Chunk k (16 bytes) of row q sits
-    // at chunk k ^ (q % 8): the eight rows of a matrix, and eight chunks of a row, fall in
-    // distinct banks.
-    let warp = (row as u32 - 64 * c) / 16;
-    let row_bytes = 2 * O::D as u32;
-    let at = warp * 16 * row_bytes;
-    let base = sm.q(qb, 0) + 64 * 128 * c + (at / 8192) * HALF + at % 8192;
-    let chunk = |q: u32, k: u32| base + q * row_bytes + ((k ^ (q % 8)) << 4);
+    let first = (row as u32) & !15; // the warp's first row in the item
     let v = o.v();
     let (mi, mr) = (lane / 8, lane % 8);
     for j in 0..O::D / 16 {
@@ -969,31 +983,7 @@ unsafe fn finish_item<E: Element, O: OAcc>(p: &HopperFwdParams, sm: Smem<NS, NV,
             let (n, h) = (2 * j + i / 2, i % 2);
             *w = E::pack2(v[4 * n + 2 * h] * inv[h], v[4 * n + 2 * h + 1] * inv[h]);
         }
-        unsafe { stmatrix_x4(chunk((mi % 2) * 8 + mr, 2 * j as u32 + mi / 2), m) };
-    }
-    syncwarp();
-    let per_row = O::D as u32 / 8;
-    let rows_per_step = 32 / per_row;
-    let (k, q0) = (lane % per_row, lane / per_row);
-    let mut chunks = [[0u32; 4]; 16];
-    let steps = 16 / rows_per_step as usize;
-    for (step, w) in chunks[..steps].iter_mut().enumerate() {
-        *w = unsafe { ld_shared_v4(chunk(step as u32 * rows_per_step + q0, k)) };
-    }
-    // The slot goes back once the thread's reads of it are done; the producer's TMA then
-    // writes where `stmatrix` did.
-    unsafe {
-        fence_proxy_async_shared();
-        mbar_arrive(sm.q_empty(qb));
-    }
-    let first = i0 + 64 * c as i32 + 16 * warp as i32;
-    let o_head = f.o + 2 * elem_offset(&f.o_strides, item.batch, seq.q_start, item.head) as u64;
-    let token_bytes = 2 * f.o_strides.token as u64;
-    for (step, w) in chunks[..steps].iter().enumerate() {
-        let i = first + (step as u32 * rows_per_step + q0) as i32;
-        if i < seq.q_len && k < f.head_dim / 8 {
-            unsafe { st_global_v4(o_head + i as u64 * token_bytes + 16 * k as u64, *w) };
-        }
+        unsafe { stmatrix_x4(o_chunk(sm.q(qb, 0), first + (mi % 2) * 8 + mr, 2 * j as u32 + mi / 2), m) };
     }
     for h in 0..2 {
         let i = i0 + row + 8 * h as i32;
@@ -1002,5 +992,73 @@ unsafe fn finish_item<E: Element, O: OAcc>(p: &HopperFwdParams, sm: Smem<NS, NV,
             let at = item.batch as i64 * f.lse_batch + item.head as i64 * f.lse_head + (seq.q_start + i) as i64;
             unsafe { *(f.lse as *mut f32).add(at as usize) = lse };
         }
+    }
+    // The storer's TMA reads the rows: the async proxy must see this thread's writes.
+    unsafe {
+        fence_proxy_async_shared();
+        mbar_arrive(sm.o_full(qb));
+    }
+}
+
+/// The shared address of 16-byte chunk `k` of row `q` (0..128) of the O tile staged in the Q
+/// slot at `slot`, where Q's TMA load put Q's: 64-column halves `HALF` apart, rows of 128 bytes,
+/// chunk k of a row at chunk k ^ (q % 8) of its half (the 128-byte swizzle) — the eight rows of
+/// an `stmatrix` matrix, and eight chunks of a row, fall in distinct banks.
+#[inline(always)]
+fn o_chunk(slot: u32, q: u32, k: u32) -> u32 {
+    slot + (k / 8) * HALF + q * 128 + (((k % 8) ^ (q % 8)) << 4)
+}
+
+/// Warp 1 of the producer warpgroup (`s`: the lane), for each item in the consumers' order: once
+/// its O is staged in its Q slot (`o_full`), writes the item's rows to global memory and hands
+/// the slot back to the producer, whose TMA writes there next. A whole 128-row block goes out by
+/// TMA (lane 0; the tensor map clips the head dim); the rows of a sequence's last, partial block
+/// are stored by the lanes in 16-byte chunks (TMA would write the packed rows past the
+/// sequence's end). Ends at the slot that says `NO_ITEM` (the consumers arrive on it as they
+/// leave).
+#[inline(always)]
+unsafe fn storer<O: OAcc>(p: &HopperFwdParams, sm: Smem<NS, NV, 1, NQ>, s: u32) {
+    let f = &p.f;
+    let map_o = p.tensor_maps + 3 * TENSOR_MAP_BYTES as u64;
+    let per_row = O::D as u32 / 8;
+    let mut n_item = 0u32;
+    loop {
+        let qb = n_item % NQ;
+        unsafe { mbar_wait(sm.o_full(qb), (n_item / NQ) & 1) };
+        let ItemInfo { idx, item, seq, .. } = unsafe { read_item(sm, qb) };
+        if idx == NO_ITEM {
+            break;
+        }
+        let i0 = item.q_block as i32 * BLK;
+        let rows = (seq.q_len - i0).min(BLK) as u32;
+        let slot = sm.q(qb, 0);
+        if rows == BLK as u32 {
+            if s == 0 {
+                let batch = if p.packed != 0 { 0 } else { item.batch as i32 };
+                unsafe {
+                    for h in 0..O::D as u32 / 64 {
+                        tma_store_4d(slot + h * HALF, map_o, [64 * h as i32, seq.q_start + i0, item.head as i32, batch]);
+                    }
+                    bulk_wait_read();
+                }
+            }
+        } else {
+            let o_head = f.o + 2 * elem_offset(&f.o_strides, item.batch, seq.q_start + i0, item.head) as u64;
+            let token_bytes = 2 * f.o_strides.token as u64;
+            let valid_chunks = f.head_dim / 8;
+            let mut n = s;
+            while n < rows * per_row {
+                let (q, k) = (n / per_row, n % per_row);
+                if k < valid_chunks {
+                    unsafe { st_global_v4(o_head + q as u64 * token_bytes + 16 * k as u64, ld_shared_v4(o_chunk(slot, q, k))) };
+                }
+                n += STORER_THREADS;
+            }
+        }
+        unsafe {
+            fence_proxy_async_shared();
+            mbar_arrive(sm.q_empty(qb));
+        }
+        n_item += 1;
     }
 }

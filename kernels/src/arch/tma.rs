@@ -61,6 +61,27 @@ pub unsafe fn tma_load_4d(dst: u32, map: u64, bar: u32, c: [i32; 4]) {
     }
 }
 
+/// `cp.async.bulk.tensor.4d.global.shared::cta.tile.bulk_group`: copies shared memory at `src`
+/// (1 KiB aligned, laid out as [`tma_load_4d`] writes it) to the box at coordinates `c` of the
+/// tensor map at `map`; elements past the tensor's extent are not written. Shared writes of the
+/// generic proxy must be fenced (`fence.proxy.async`) before it.
+#[inline(always)]
+pub unsafe fn tma_store_4d(src: u32, map: u64, c: [i32; 4]) {
+    unsafe {
+        asm!("cp.async.bulk.tensor.4d.global.shared::cta.tile.bulk_group [{0}, {{{1}, {2}, {3}, {4}}}], [{5}];",
+             in(reg64) map, in(reg32) c[0], in(reg32) c[1], in(reg32) c[2], in(reg32) c[3], in(reg32) src,
+             options(nostack));
+    }
+}
+
+/// `cp.async.bulk.commit_group` then `cp.async.bulk.wait_group.read 0`: waits until every bulk
+/// copy this thread issued has read its shared source (the writes to global memory may still
+/// be in flight; the kernel's end waits for them).
+#[inline(always)]
+pub unsafe fn bulk_wait_read() {
+    unsafe { asm!("cp.async.bulk.commit_group;", "cp.async.bulk.wait_group.read 0;", options(nostack)) }
+}
+
 /// `prefetch.tensormap [map]`: brings a tensor map (global address) into the cache.
 #[inline(always)]
 pub unsafe fn prefetch_tensormap(map: u64) {
