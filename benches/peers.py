@@ -76,10 +76,14 @@ FORMULA_MODS = {
 }
 
 
-def median_ms(fn, iters, warmup_s=0.0):
+def median_ms(fn, iters, warmup_s=0.0, cool_s=0.0):
     """Median of `iters` CUDA-event timings after at least 3 calls and `warmup_s` seconds of
     warm-up (--warmup-ms: long enough, ~300 ms, the clock settles under the power cap first, as
-    attn-bench's --warmup-ms does)."""
+    attn-bench's --warmup-ms does), the GPU idle for `cool_s` seconds before (--cool-ms, as
+    attn-bench's)."""
+    if cool_s > 0:
+        torch.cuda.synchronize()
+        time.sleep(cool_s)
     t0, n = time.perf_counter(), 0
     while n < 3 or time.perf_counter() - t0 < warmup_s:
         fn()
@@ -203,6 +207,7 @@ def main():
     ap.add_argument("--causal", default="both", choices=["true", "false", "both"])
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--warmup-ms", type=float, default=0.0, help="warm-up time before each timing (besides 3 calls)")
+    ap.add_argument("--cool-ms", type=float, default=0.0, help="idle time before each workload")
     ap.add_argument("--only", default="", help="only workloads whose name contains this")
     ap.add_argument("--no-flex", action="store_true")
     ap.add_argument("--json", default="peers.jsonl")
@@ -234,6 +239,8 @@ def main():
         rec.update(impl=impl, card=card, iters=a.iters)
         if a.warmup_ms > 0:
             rec["warmup_ms"] = a.warmup_ms
+        if a.cool_ms > 0:
+            rec["cool_ms"] = a.cool_ms
         if error is None:
             dense_flops = 4 * H * D * s * s * (0.5 if causal else 1.0)
             rec.update(ms=ms, useful_tflops=4 * D * row["visited_pairs"] / (ms * 1e9), dense_equiv_tflops=dense_flops / (ms * 1e9))
@@ -249,7 +256,7 @@ def main():
         """Times fn() and records the result, or records why it failed."""
         print(f"[causal={row['causal']} S={row['S']}] {impl} {row['workload']} ...", file=sys.stderr, flush=True)
         try:
-            record(row, impl, ms=median_ms(fn, a.iters, a.warmup_ms / 1e3))
+            record(row, impl, ms=median_ms(fn, a.iters, a.warmup_ms / 1e3, a.cool_ms / 1e3))
         except torch.OutOfMemoryError:
             record(row, impl, error="OOM")
         except Exception as e:  # a backend may refuse a shape; a compile may fail

@@ -4,14 +4,16 @@
 //! and non-causal. CUDA events around each launch after a warm-up (3 runs, and with
 //! `--warmup-ms N` at least N ms: the clock settles under the power cap in ~100 ms, so ~300
 //! times the sustained rather than the burst rate; peers.py takes the same option); the median
-//! of `--iters` runs.
+//! of `--iters` runs. `--cool-ms N` idles the GPU N ms before each workload (peers.py too), so
+//! that each is timed from the same state rather than after whatever ran before it (a burst
+//! timing taken right after dense 32k ran ~10% slower for the streaming workloads).
 //! Progress goes to stderr, a table to stdout, and one JSON line per result to `--json PATH`
 //! (default bench.jsonl), written as each result comes in so that a run cut short keeps them.
 //!
 //! ```text
 //! attn-bench [--lens 1024,2048,...,131072] [--causal true|false|both] [--iters N] [--only SUBSTR|=NAME]
 //!            [--variant portable|portable-bwd|ENTRY:KEY_TILE:THREADS] [--json PATH] [--dump-masks DIR [--dump-only]]
-//!            [--bwd [--deterministic]] [--heads-kv N] [--warmup-ms N]
+//!            [--bwd [--deterministic]] [--heads-kv N] [--warmup-ms N] [--cool-ms N]
 //! ```
 //!
 //! `--bwd` also times forward + backward (the backward in its default, fast mode, or with
@@ -222,6 +224,8 @@ struct Gpu {
     deterministic: bool,
     /// Seconds of warm-up besides the 3 runs (`--warmup-ms`).
     warmup_s: f64,
+    /// Seconds the GPU idles before each workload (`--cool-ms`).
+    cool_s: f64,
 }
 
 /// Device bytes one length needs: q, k, v, o (and dO, dQ, dK, dV with the backward), lse, the
@@ -269,7 +273,7 @@ impl Gpu {
             None
         };
         eprintln!("inputs for S <= {capacity} ready in {:.1} s", t0.elapsed().as_secs_f64());
-        Ok(Gpu { dev, stream, card, free, capacity, q, k, v, o, lse, grads, heads_kv: H, deterministic: false, warmup_s: 0.0 })
+        Ok(Gpu { dev, stream, card, free, capacity, q, k, v, o, lse, grads, heads_kv: H, deterministic: false, warmup_s: 0.0, cool_s: 0.0 })
     }
 
     /// Median ms of `iters` timed forwards after the warm-up ([`warm_up`]), the plan's work item
@@ -286,6 +290,10 @@ impl Gpu {
         let attn = Attention::new(&self.dev, &self.stream, spec, mask_buf.as_ref())?.with_deterministic_backward(self.deterministic);
         let (dev, stream) = (&self.dev, &self.stream);
         let warm = self.warmup_s;
+        if self.cool_s > 0.0 {
+            stream.synchronize()?;
+            std::thread::sleep(std::time::Duration::from_secs_f64(self.cool_s));
+        }
         warm_up(stream, warm, &mut || attn.forward(dev, stream, &self.q, &self.k, &self.v, &mut self.o, &mut self.lse))?;
         let median = |f: &mut dyn FnMut() -> block_sparse_attn::Result<()>| -> block_sparse_attn::Result<f64> {
             let mut times = Vec::with_capacity(iters);
@@ -380,10 +388,11 @@ fn run() -> block_sparse_attn::Result<()> {
     if args.iter().any(|a| a == "--help" || a == "-h") {
         println!("usage: attn-bench [--lens {DEFAULT_LENS}] [--causal true|false|both] [--iters 20] [--only SUBSTR|=NAME] [--bwd]");
         println!("                  [--variant portable|portable-bwd|ENTRY:KEY_TILE:THREADS] [--json bench.jsonl] [--dump-masks DIR [--dump-only]]");
-        println!("                  [--deterministic] [--heads-kv 32] [--warmup-ms 0]");
+        println!("                  [--deterministic] [--heads-kv 32] [--warmup-ms 0] [--cool-ms 0]");
         println!("--bwd also times forward + backward (column fwd+bwd, JSON fwd_bwd_ms); --deterministic runs the backward's");
         println!("deterministic mode; --heads-kv N: 32 query heads over N key/value heads (GQA/MQA); --warmup-ms N: warm up");
-        println!("at least N ms before each timing (besides 3 runs): ~300 times the sustained, power-capped rate, not the burst");
+        println!("at least N ms before each timing (besides 3 runs): ~300 times the sustained, power-capped rate, not the burst;");
+        println!("--cool-ms N: idle the GPU N ms before each workload, so that none is timed in the wake of the one before");
         return Ok(());
     }
     let lens: Vec<usize> = arg(&args, "--lens").unwrap_or(DEFAULT_LENS).split(',').map(|s| s.trim().parse().expect("--lens")).collect();
@@ -403,6 +412,7 @@ fn run() -> block_sparse_attn::Result<()> {
     let bwd = args.iter().any(|a| a == "--bwd");
     let deterministic = args.iter().any(|a| a == "--deterministic");
     let warmup_ms: f64 = arg(&args, "--warmup-ms").map_or(0.0, |s| s.parse().expect("--warmup-ms"));
+    let cool_ms: f64 = arg(&args, "--cool-ms").map_or(0.0, |s| s.parse().expect("--cool-ms"));
     let heads_kv: usize = arg(&args, "--heads-kv").map_or(H, |s| s.parse().expect("--heads-kv"));
     assert!(heads_kv > 0 && H % heads_kv == 0, "--heads-kv must divide {H}");
 
@@ -412,7 +422,7 @@ fn run() -> block_sparse_attn::Result<()> {
     });
     let mut gpu = if dump_only { None } else { Some(Gpu::new(variant, &lens, bwd)?) };
     if let Some(g) = gpu.as_mut() {
-        (g.heads_kv, g.deterministic, g.warmup_s) = (heads_kv, deterministic, warmup_ms / 1e3);
+        (g.heads_kv, g.deterministic, g.warmup_s, g.cool_s) = (heads_kv, deterministic, warmup_ms / 1e3, cool_ms / 1e3);
     }
     let json_path = arg(&args, "--json").unwrap_or("bench.jsonl");
     let mut json = gpu.as_ref().map(|_| File::create(json_path).expect("create the --json file"));
@@ -466,6 +476,9 @@ fn run() -> block_sparse_attn::Result<()> {
                 record["iters"] = iters.into();
                 if warmup_ms > 0.0 {
                     record["warmup_ms"] = warmup_ms.into();
+                }
+                if cool_ms > 0.0 {
+                    record["cool_ms"] = cool_ms.into();
                 }
                 if let Some(v) = variant {
                     record["variant"] = v.into();

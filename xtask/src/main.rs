@@ -400,7 +400,8 @@ const BENCH_SH: &str = r#"#!/usr/bin/env bash
 #
 # writes DIR/results/ours.jsonl, DIR/results/peers.jsonl and their logs (DIR defaults to
 # bench-results). ARGS go to both programs: --lens 1024,2048 --causal true|false|both --iters N
-# --only SUBSTR (default: every workload, S from 1k to 128k, both causal modes, 20 iterations).
+# --only SUBSTR --warmup-ms N --cool-ms N (default: every workload, S from 1k to 128k, both causal modes,
+# 20 iterations, no extra warm-up or idle time).
 # OURS=0 or PEERS=0 skips one side; PYTHON names the interpreter that has torch (default python3).
 # Then, on any machine: cargo xtask bench-report DIR (reads every *.jsonl under DIR).
 set -uo pipefail
