@@ -176,6 +176,13 @@ impl TileWalk {
         TileWalk { bn, span, sparse: true, list, count, ranges: none, n: 0, half: 0 }
     }
 
+    /// The mask blocks the walk has not gone through yet (an upper bound on its tiles left, when
+    /// `bn` is [`BLK`]).
+    #[inline(always)]
+    pub fn blocks_left(&self) -> i32 {
+        (if self.sparse { self.count } else { self.ranges.len() }) - self.n
+    }
+
     /// First key of the next tile, or -1 when done.
     ///
     /// # Safety

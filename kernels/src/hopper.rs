@@ -28,7 +28,7 @@ use crate::arch::global::{red_add_f32, st_global_v4};
 use crate::arch::math::{exp2, fma, log2, rcp};
 use crate::arch::mma::Element;
 use crate::arch::smem::{dynamic_smem, fence_proxy_async_shared, ld_shared_u32, ld_shared_v4, smem_u32, st_shared_u32, st_shared_v4, stmatrix_x4};
-use crate::arch::sync::{bar_any, bar_sync, block_idx, next_work_item, opaque, quad_transpose, shfl_idx, shfl_xor, thread_idx, vote_any};
+use crate::arch::sync::{bar_any, bar_sync, block_idx, claim_work, claimed_item, next_work_item, opaque, quad_transpose, shfl_idx, shfl_xor, thread_idx, vote_any};
 use crate::arch::tma::{fence_mbar_init, mbar_arrive, mbar_arrive_expect_tx, mbar_init, mbar_wait, prefetch_tensormap, setmaxnreg_dec, setmaxnreg_inc, tma_load_4d, tma_store_4d, bulk_wait_read};
 use crate::arch::wgmma::{self, Keep, WgElement, desc, keep};
 use crate::item::{self, elem_offset, head_rule, item_walk};
@@ -55,6 +55,9 @@ pub(crate) fn tile_j0(e: i32) -> i32 {
     e & !(LAST | FULL)
 }
 pub(crate) const EMPTY: i32 = -1;
+/// The producer claims the next item once this many of the current item's mask blocks are left
+/// to load (see [`producer`]).
+const CLAIM_BLOCKS_LEFT: i32 = 2;
 /// The item slot's value once every item has been taken.
 pub(crate) const NO_ITEM: u32 = u32::MAX;
 
@@ -265,6 +268,8 @@ pub(crate) unsafe fn producer<O: OAcc, const NS: u32, const NV: u32, const QT: u
     let mut tile = 0u32;
     let mut n_item = 0u32;
     let mut idx = block_idx();
+    // The claim on the next item once taken during this one (`NO_ITEM`: not yet).
+    let mut ahead = NO_ITEM;
     #[cfg(feature = "trace")]
     let mut tr = crate::trace::Trace::new(p.counter, block_idx(), 0, true);
     loop {
@@ -343,9 +348,18 @@ pub(crate) unsafe fn producer<O: OAcc, const NS: u32, const NV: u32, const QT: u
             }
             tile += 1;
             j0 = next;
+            // The next item is claimed with `CLAIM_BLOCKS_LEFT` of this one's tiles still to
+            // load: the atomic's latency (~900 cycles under load) then passes while they load,
+            // not between the items (a 4-tile streaming item's successor's Q went out late),
+            // and a long item's successor is not held back for long (claimed at an item's
+            // start, it unbalanced the longest-first schedule: perf notes, session 9, W3).
+            if ahead == NO_ITEM && walk.blocks_left() <= CLAIM_BLOCKS_LEFT {
+                ahead = unsafe { claim_work(p.counter) };
+            }
         }
         n_item += 1;
-        idx = unsafe { next_work_item(p.counter) };
+        idx = if ahead == NO_ITEM { unsafe { next_work_item(p.counter) } } else { claimed_item(ahead) };
+        ahead = NO_ITEM;
         tmark!(tr, 14);
     }
 }

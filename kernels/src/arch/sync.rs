@@ -117,6 +117,30 @@ pub fn syncwarp() {
     unsafe { asm!("bar.warp.sync 0xffffffff;", options(nostack)) };
 }
 
+/// `atom.global.add.u32 [counter], 1` by lane 0 (0 elsewhere): a claim on a persistent grid's
+/// next work item, returned raw so that the atomic's latency passes while the caller works on
+/// (its first use waits for it); [`claimed_item`] names the item. For a single-thread caller:
+/// the lane predicate keeps ptxas from turning the atomic into a warp-aggregated one, whose
+/// result shuffle would wait for the atomic at once.
+#[inline(always)]
+pub unsafe fn claim_work(counter: u64) -> u32 {
+    let claim: u32;
+    unsafe {
+        asm!("{{ .reg .pred q; .reg .u32 l; mov.u32 l, %laneid; setp.eq.u32 q, l, 0; mov.u32 {0}, 0; @q atom.global.add.u32 {0}, [{1}], 1; }}",
+             out(reg32) claim, in(reg64) counter, options(nostack))
+    };
+    claim
+}
+
+/// The work item that claim `claim` of [`claim_work`] gives: `gridDim.x + claim` (as
+/// [`next_work_item`]).
+#[inline(always)]
+pub fn claimed_item(claim: u32) -> u32 {
+    let idx: u32;
+    unsafe { asm!("{{ .reg .u32 g; mov.u32 g, %nctaid.x; add.u32 {0}, {1}, g; }}", out(reg32) idx, in(reg32) claim, options(pure, nomem, nostack)) };
+    idx
+}
+
 /// The next work item of a persistent grid: `gridDim.x + counter++` (`atom.global.add.u32` on a
 /// counter zeroed at launch), the first `gridDim.x` items being the CTAs' `blockIdx.x`.
 #[inline(always)]
