@@ -276,7 +276,7 @@ pub struct HopperFwdParams {
 /// then the barriers, the tile ring and the item slot (one 1 KiB block, keeping the tiles 1 KiB
 /// aligned).
 pub const fn hopper_fwd_smem_bytes(d: usize) -> usize {
-    (HOPPER_Q_TILES * HOPPER_ROWS + (HOPPER_K_STAGES + HOPPER_V_STAGES) * HOPPER_KEYS) * d * 2 + 1024
+    (HOPPER_Q_TILES * HOPPER_ROWS + (HOPPER_K_STAGES + HOPPER_V_STAGES) * HOPPER_KEYS) * d * 2 + 1024 + HOPPER_Q_TILES * HOPPER_ROWS * 4
 }
 
 /// Keys per Hopper `dK`/`dV` CTA (two consumer warpgroups of 64 keys): one mask block.

@@ -164,6 +164,11 @@ impl<const NS: u32, const NV: u32, const QT: u32, const NQ: u32> Smem<NS, NV, QT
     pub(crate) fn ring(&self, s: u32) -> u32 {
         self.bars + 16 * (NQ + NS + NV) + 64 * NQ + 4 * s
     }
+    /// The forward's lse of row `r` of the item in Q slot `b`, staged for the storer (past the
+    /// 1 KiB block: `hopper_fwd_smem_bytes` reserves it; the dQ kernel has none).
+    fn lse_row(&self, b: u32, r: u32) -> u32 {
+        self.bars + 1024 + 4 * (HOPPER_ROWS as u32 * b + r)
+    }
     /// The forward's "O of the item in slot `b` is staged there" barrier (every consumer thread
     /// arrives; the storer waits).
     fn o_full(&self, b: u32) -> u32 {
@@ -865,7 +870,7 @@ unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperFwdParams, sm: Sme
                     if lane == 0 {
                         unsafe { mbar_arrive(sm.v_empty(vs)) };
                     }
-                    unsafe { finish_item::<E, O>(p, sm, qb, &mut o, &r, row, lane) };
+                    unsafe { finish_item::<E, O>(sm, qb, &mut o, &r, row, lane) };
                     tmark!(tr, 8);
                     unsafe {
                         wgmma::wait::<0>();
@@ -946,7 +951,7 @@ unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperFwdParams, sm: Sme
             }
         }
         // Rows of an item with no tile: o = 0 (O is zero), lse = -inf (l is zero).
-        unsafe { finish_item::<E, O>(p, sm, qb, &mut o, &r, row, lane) };
+        unsafe { finish_item::<E, O>(sm, qb, &mut o, &r, row, lane) };
         tmark!(tr, 8);
         n_item += 1;
     }
@@ -964,18 +969,13 @@ unsafe fn release_k(sm: Smem<NS, NV, 1, NQ>, s: u32, lane: u32) {
     }
 }
 
-/// Epilogue of the item in Q slot `qb`: normalises the thread's two rows of O, stages them in
-/// the slot for the [`storer`] and writes their lse (rows that saw no key get o = 0, lse =
-/// -inf). The item's description is read again from the slot, which the consumers keep until
-/// here: held in registers through the item's tiles, it spilled. O goes into the warpgroup's own
-/// Q rows (no product reads them any more): `stmatrix` puts each warp's 16 rows there whole. The
-/// global stores are the storer's: here they stalled the consumer's chain behind the memory
-/// system's queues (perf notes, session 9).
+/// Epilogue of the item in Q slot `qb`: normalises the thread's two rows of O and stages them
+/// and their lse in the slot for the [`storer`] (rows that saw no key get o = 0, lse = -inf). O
+/// goes into the warpgroup's own Q rows (no product reads them any more): `stmatrix` puts each
+/// warp's 16 rows there whole. The global stores are the storer's: here they stalled the
+/// consumer's chain behind the memory system's queues (perf notes, session 9).
 #[inline(always)]
-unsafe fn finish_item<E: Element, O: OAcc>(p: &HopperFwdParams, sm: Smem<NS, NV, 1, NQ>, qb: u32, o: &mut O, r: &Rows, row: i32, lane: u32) {
-    let ItemInfo { item, seq, .. } = unsafe { read_item(sm, qb) };
-    let f = &p.f;
-    let i0 = item.q_block as i32 * BLK;
+unsafe fn finish_item<E: Element, O: OAcc>(sm: Smem<NS, NV, 1, NQ>, qb: u32, o: &mut O, r: &Rows, row: i32, lane: u32) {
     let mut sums = [0.0f32; 2];
     let mut inv = [0.0f32; 2];
     for h in 0..2 {
@@ -999,12 +999,10 @@ unsafe fn finish_item<E: Element, O: OAcc>(p: &HopperFwdParams, sm: Smem<NS, NV,
         }
         unsafe { stmatrix_x4(o_chunk(sm.q(qb, 0), first + (mi % 2) * 8 + mr, 2 * j as u32 + mi / 2), m) };
     }
-    for h in 0..2 {
-        let i = i0 + row + 8 * h as i32;
-        if i < seq.q_len && lane % 4 == 0 {
+    if lane % 4 == 0 {
+        for h in 0..2 {
             let lse = if sums[h] > 0.0 { (r.m[h] + log2(sums[h])) * LN2 } else { f32::NEG_INFINITY };
-            let at = item.batch as i64 * f.lse_batch + item.head as i64 * f.lse_head + (seq.q_start + i) as i64;
-            unsafe { *(f.lse as *mut f32).add(at as usize) = lse };
+            unsafe { st_shared_u32(sm.lse_row(qb, row as u32 + 8 * h as u32), lse.to_bits()) };
         }
     }
     // The storer's TMA reads the rows: the async proxy must see this thread's writes.
@@ -1024,8 +1022,8 @@ fn o_chunk(slot: u32, q: u32, k: u32) -> u32 {
 }
 
 /// Warp 1 of the producer warpgroup (`s`: the lane), for each item in the consumers' order: once
-/// its O is staged in its Q slot (`o_full`), writes the item's rows to global memory and hands
-/// the slot back to the producer, whose TMA writes there next. A whole 128-row block goes out by
+/// its O and lse are staged (`o_full`), writes the item's rows to global memory and hands the
+/// slot back to the producer, whose TMA writes there next. A whole 128-row block goes out by
 /// TMA (lane 0; the tensor map clips the head dim); the rows of a sequence's last, partial block
 /// are stored by the lanes in 16-byte chunks (TMA would write the packed rows past the
 /// sequence's end). Ends at the slot that says `NO_ITEM` (the consumers arrive on it as they
@@ -1046,6 +1044,12 @@ unsafe fn storer<O: OAcc>(p: &HopperFwdParams, sm: Smem<NS, NV, 1, NQ>, s: u32) 
         let i0 = item.q_block as i32 * BLK;
         let rows = (seq.q_len - i0).min(BLK) as u32;
         let slot = sm.q(qb, 0);
+        let lse = f.lse + 4 * (item.batch as i64 * f.lse_batch + item.head as i64 * f.lse_head + (seq.q_start + i0) as i64) as u64;
+        let mut q = s;
+        while q < rows {
+            unsafe { *((lse + 4 * q as u64) as *mut u32) = ld_shared_u32(sm.lse_row(qb, q)) };
+            q += STORER_THREADS;
+        }
         if rows == BLK as u32 {
             if s == 0 {
                 let batch = if p.packed != 0 { 0 } else { item.batch as i32 };
