@@ -71,10 +71,10 @@ macro_rules! tmark {
 }
 /// Arrivals that free a K or V stage: lane 0 of each of the 8 consumer warps.
 const CONSUMER_WARPS: u32 = 8;
-/// Arrivals that free a Q slot: every consumer thread, each after its own reads of the item's
-/// description (with lane 0 arriving for its warp after a `syncwarp`, ordered too in the PTX
-/// memory model, racecheck reported the producer's next write of the slot as a race: perf
-/// notes, session 8, V6).
+/// Arrivals that free a dQ kernel's Q slot, and that mark a forward item's O staged (`o_full`):
+/// every consumer thread, each after its own accesses to the slot (with lane 0 arriving for its
+/// warp after a `syncwarp`, ordered too in the PTX memory model, racecheck reported the
+/// producer's next write of the slot as a race: perf notes, session 8, V6).
 pub(crate) const CONSUMER_THREADS: u32 = 256;
 /// The forward's O writer: warp 1 of the producer warpgroup ([`storer`]). It, not the consumers,
 /// hands a forward Q slot back.

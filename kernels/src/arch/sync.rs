@@ -137,20 +137,16 @@ pub unsafe fn claim_work(counter: u64) -> u32 {
 #[inline(always)]
 pub fn claimed_item(claim: u32) -> u32 {
     let idx: u32;
+    // `%nctaid.x` read here rather than through `grid_dim`: hoisted out of the producer's loop,
+    // it held a register the 40-register producer had to spill.
     unsafe { asm!("{{ .reg .u32 g; mov.u32 g, %nctaid.x; add.u32 {0}, {1}, g; }}", out(reg32) idx, in(reg32) claim, options(pure, nomem, nostack)) };
     idx
 }
 
 /// The next work item of a persistent grid: `gridDim.x + counter++` (`atom.global.add.u32` on a
-/// counter zeroed at launch), the first `gridDim.x` items being the CTAs' `blockIdx.x`.
+/// counter zeroed at launch), the first `gridDim.x` items being the CTAs' `blockIdx.x`. Lane 0
+/// only (see [`claim_work`]).
 #[inline(always)]
 pub unsafe fn next_work_item(counter: u64) -> u32 {
-    let idx: u32;
-    // `%nctaid.x` read here rather than through `grid_dim`: hoisted out of the producer's loop,
-    // it held a register the 40-register producer had to spill.
-    unsafe {
-        asm!("{{ .reg .u32 g; atom.global.add.u32 {0}, [{1}], 1; mov.u32 g, %nctaid.x; add.u32 {0}, {0}, g; }}",
-             out(reg32) idx, in(reg64) counter, options(nostack))
-    };
-    idx
+    claimed_item(unsafe { claim_work(counter) })
 }
