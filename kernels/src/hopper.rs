@@ -20,7 +20,7 @@
 //! shared memory: the tile's first key, `LAST` on an item's last tile, `EMPTY` for an item with
 //! no tile at all, whose rows get o = 0, lse = -inf).
 use attn_common::{
-    BLK, HOPPER_KEYS, HOPPER_Q_TILES, HOPPER_ROWS, HOPPER_K_STAGES, HOPPER_V_STAGES, HeadRule, HopperFwdParams, KIND_BLOCK_STREAMING,
+    BLK, HOPPER_KEYS, HOPPER_Q_TILES, HOPPER_ROWS, HOPPER_K_STAGES, HOPPER_V_STAGES, HeadRule, HopperFwdParams,
     KIND_TOKEN_STREAMING, RowSpan, RowWindow, SeqInfo, TENSOR_MAP_BYTES, WorkItem, row_window,
 };
 
@@ -294,11 +294,11 @@ pub(crate) unsafe fn producer<O: OAcc, const NS: u32, const NV: u32, const QT: u
         let i0 = item.q_block as i32 * BLK;
         let i1 = (i0 + BLK).min(seq.q_len) - 1;
         let span = RowSpan::new(rule, f.causal != 0, seq.q_len, seq.k_len, i0, i1);
-        // Streaming heads' items are a few tiles long: holding a K stage through the softmax
-        // (what a max-free tile needs) costs them more than the max (perf notes F11). An empty
-        // range marks no tile full.
-        let streaming = rule.kind == KIND_TOKEN_STREAMING || rule.kind == KIND_BLOCK_STREAMING;
-        let (full_from, full_to) = if streaming { (1, 0) } else { (span.last.lo, span.first.hi) };
+        // Token streaming's items are a few tiles long: holding a K stage through the softmax
+        // (what a max-free tile needs) costs them more than the max (perf notes F11; session 9,
+        // W16). Block streaming's whole middle tiles gain from it since the storer took the
+        // epilogue's stores (W16). An empty range marks no tile full.
+        let (full_from, full_to) = if rule.kind == KIND_TOKEN_STREAMING { (1, 0) } else { (span.last.lo, span.first.hi) };
         let mut walk = unsafe { item_walk(f, &item, rule, span, BK) };
         let batch = if p.packed != 0 { 0 } else { item.batch as i32 };
         let kv_head = (item.head / f.group) as i32;
