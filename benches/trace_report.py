@@ -21,7 +21,7 @@ import numpy as np
 EVENTS = 16384
 ROLES = 3
 NAMES = {
-    1: "item", 2: "kfull", 3: "Sdone", 4: "smax", 5: "PVdone", 6: "vfull", 7: "lastPV", 8: "epi",
+    1: "item", 2: "kfull", 3: "Sdone", 4: "smax", 5: "PVdone", 6: "vfull", 7: "lastPV", 8: "epi", 9: "nextQ",
     10: "p_item", 11: "p_qempty", 12: "p_kempty", 13: "p_vempty", 14: "p_atomic",
     20: "mask", 21: "max", 22: "exps", 30: "start", 31: "end",
 }

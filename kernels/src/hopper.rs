@@ -849,6 +849,7 @@ unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperFwdParams, sm: Sme
                     if !unsafe { item_ready(sm, n_item + 1, lane) } {
                         break;
                     }
+                    tmark!(tr, 9);
                     unsafe { mbar_wait(sm.k_full(s), ph) };
                     let ne = unsafe { lane0_read(sm.ring(s), lane) } as i32;
                     if ne == EMPTY {
