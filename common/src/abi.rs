@@ -273,8 +273,8 @@ pub struct HopperFwdParams {
 }
 
 /// Dynamic shared memory of the Hopper forward kernel at head dim `d`: Q, the K and V rings,
-/// then the barriers, the tile ring and the item slot (one 1 KiB block, keeping the tiles 1 KiB
-/// aligned).
+/// then the barriers, the tile ring and the item slots (one 1 KiB block, keeping the tiles 1 KiB
+/// aligned), then each Q slot's 128 row lse staged for the storer warp.
 pub const fn hopper_fwd_smem_bytes(d: usize) -> usize {
     (HOPPER_Q_TILES * HOPPER_ROWS + (HOPPER_K_STAGES + HOPPER_V_STAGES) * HOPPER_KEYS) * d * 2 + 1024 + HOPPER_Q_TILES * HOPPER_ROWS * 4
 }

@@ -176,11 +176,17 @@ impl TileWalk {
         TileWalk { bn, span, sparse: true, list, count, ranges: none, n: 0, half: 0 }
     }
 
+    /// The mask blocks the walk goes through.
+    #[inline(always)]
+    fn blocks(&self) -> i32 {
+        if self.sparse { self.count } else { self.ranges.len() }
+    }
+
     /// The mask blocks the walk has not gone through yet (an upper bound on its tiles left, when
     /// `bn` is [`BLK`]).
     #[inline(always)]
     pub fn blocks_left(&self) -> i32 {
-        (if self.sparse { self.count } else { self.ranges.len() }) - self.n
+        self.blocks() - self.n
     }
 
     /// First key of the next tile, or -1 when done.
@@ -189,7 +195,7 @@ impl TileWalk {
     /// For sparse walks, `list` must be valid for `count` reads.
     #[inline(always)]
     pub unsafe fn next(&mut self) -> i32 {
-        let blocks = if self.sparse { self.count } else { self.ranges.len() };
+        let blocks = self.blocks();
         while self.n < blocks {
             let kb = if self.sparse { unsafe { *self.list.add(self.n as usize) } } else { self.ranges.nth(self.n) };
             let j0 = kb * BLK + self.half * self.bn;

@@ -29,7 +29,7 @@ use crate::arch::mma::Element;
 use crate::arch::smem::{dynamic_smem, ld_shared_u32, smem_u32};
 use crate::arch::sync::{bar_sync, block_idx, grid_dim, opaque, shfl_xor, thread_idx};
 use crate::gemm::{Acc, a_bt, lanes, p_b, pack_a, packed_b};
-use crate::item::{BM, ItemCtx, RowTile, advance_kv, ctx_i32, elem_offset, head_rule, load_item, mask_scores, setup_query_item, start_kv};
+use crate::item::{BM, ItemCtx, RowTile, advance_kv, ctx_i32, elem_offset, head_rule, load_item, lse_index, mask_scores, setup_query_item, start_kv};
 use crate::tiles::load_tile;
 
 const LOG2E: f32 = core::f32::consts::LOG2_E;
@@ -146,7 +146,7 @@ pub unsafe fn bwd_dsum<E: Element>(bp: &BwdParams) {
             m *= 2;
         }
         if i < seq.q_len && chunk == 0 {
-            let at = item.batch as i64 * p.lse_batch + item.head as i64 * p.lse_head + (seq.q_start + i) as i64;
+            let at = lse_index(p, item.batch, item.head, seq.q_start + i);
             unsafe { *(bp.dsum as *mut f32).add(at as usize) = acc };
         }
     }
@@ -185,7 +185,7 @@ pub unsafe fn bwd_dq<E: Element, const D: usize, const DN: usize, const DK: usiz
         for h in 0..2 {
             let i = item.q_block as i32 * BM + (warp * 16 + lane / 4 + 8 * h) as i32;
             if i < seq.q_len {
-                let at = item.batch as i64 * p.lse_batch + item.head as i64 * p.lse_head + (seq.q_start + i) as i64;
+                let at = lse_index(p, item.batch, item.head, seq.q_start + i);
                 row_lse[h as usize] = lse2(unsafe { *(p.lse as *const f32).add(at as usize) });
                 row_d[h as usize] = unsafe { *(bp.dsum as *const f32).add(at as usize) };
             }
@@ -349,7 +349,7 @@ unsafe fn load_query_tile<E: Element, const D: usize, const BQ: usize>(bp: &BwdP
         let (mut l, mut d) = (f32::INFINITY, 0.0f32);
         let rule = head_rule(p, head);
         if r < rows {
-            let at = batch as i64 * p.lse_batch + head as i64 * p.lse_head + (seq.q_start + i0 + r) as i64;
+            let at = lse_index(p, batch, head, seq.q_start + i0 + r);
             l = lse2(unsafe { *(p.lse as *const f32).add(at as usize) });
             d = unsafe { *(bp.dsum as *const f32).add(at as usize) };
         }

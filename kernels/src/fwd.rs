@@ -21,7 +21,7 @@ use crate::arch::mma::Element;
 use crate::arch::smem::{dynamic_smem, smem_u32};
 use crate::arch::sync::{opaque, shfl_xor, thread_idx, vote_any};
 use crate::gemm::{Acc, a_bt, lanes, p_b};
-use crate::item::{BM, ItemCtx, RowTile, advance_kv, elem_offset, load_item, mask_scores, setup_query_item, start_kv};
+use crate::item::{BM, ItemCtx, RowTile, advance_kv, elem_offset, load_item, lse_index, mask_scores, setup_query_item, start_kv};
 
 const LN2: f32 = core::f32::consts::LN_2;
 /// How far (log2 units) a row's max may outgrow the max its sums are kept against before O and
@@ -166,7 +166,7 @@ pub unsafe fn attn_fwd<
                 }
             }
             if lane % 4 == 0 {
-                let at = item.batch as i64 * p.lse_batch + item.head as i64 * p.lse_head + (seq.q_start + i) as i64;
+                let at = lse_index(p, item.batch, item.head, seq.q_start + i);
                 unsafe { *(p.lse as *mut f32).add(at as usize) = lse };
             }
         }

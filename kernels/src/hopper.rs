@@ -31,7 +31,7 @@ use crate::arch::smem::{dynamic_smem, fence_proxy_async_shared, ld_shared_u32, l
 use crate::arch::sync::{bar_any, bar_sync, block_idx, claim_work, claimed_item, next_work_item, opaque, quad_transpose, shfl_idx, shfl_xor, thread_idx, vote_any};
 use crate::arch::tma::{fence_mbar_init, mbar_arrive, mbar_arrive_expect_tx, mbar_init, mbar_wait, prefetch_tensormap, setmaxnreg_dec, setmaxnreg_inc, tma_load_4d, tma_store_4d, bulk_wait_read};
 use crate::arch::wgmma::{self, Keep, WgElement, desc, keep};
-use crate::item::{self, elem_offset, head_rule, item_walk};
+use crate::item::{self, elem_offset, head_rule, item_walk, lse_index};
 
 const LN2: f32 = core::f32::consts::LN_2;
 /// As in the portable kernel: O and l are rescaled only when a row's max grows by more than this
@@ -1045,7 +1045,7 @@ unsafe fn storer<O: OAcc>(p: &HopperFwdParams, sm: Smem<NS, NV, 1, NQ>, s: u32) 
         let i0 = item.q_block as i32 * BLK;
         let rows = (seq.q_len - i0).min(BLK) as u32;
         let slot = sm.q(qb, 0);
-        let lse = f.lse + 4 * (item.batch as i64 * f.lse_batch + item.head as i64 * f.lse_head + (seq.q_start + i0) as i64) as u64;
+        let lse = f.lse + 4 * lse_index(f, item.batch, item.head, seq.q_start + i0) as u64;
         let mut q = s;
         while q < rows {
             unsafe { *((lse + 4 * q as u64) as *mut u32) = ld_shared_u32(sm.lse_row(qb, q)) };

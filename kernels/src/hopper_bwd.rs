@@ -32,7 +32,7 @@ use crate::arch::tma::{fence_mbar_init, mbar_arrive, mbar_arrive_expect_tx, mbar
 use crate::arch::wgmma::{self, WgElement, desc, keep};
 use crate::bwd::{dkdv_part_offset, lse2};
 use crate::hopper::{OAcc, f32_acc_row, mma_rs_steps, pack_a, shared_ptr, store_acc_row};
-use crate::item::{elem_offset, head_rule};
+use crate::item::{elem_offset, head_rule, lse_index};
 
 const NS: u32 = HOPPER_BWD_STAGES as u32;
 const BK: i32 = HOPPER_BWD_KEYS as i32;
@@ -270,7 +270,7 @@ unsafe fn row_data(p: &HopperBwdParams, sm: Smem, lane: u32) {
                 let i = i0 + r as i32;
                 let (mut l, mut d) = (f32::INFINITY, 0.0f32);
                 if i < seq.q_len {
-                    let at = item.batch as i64 * f.lse_batch + head as i64 * f.lse_head + (seq.q_start + i) as i64;
+                    let at = lse_index(f, item.batch, head, seq.q_start + i);
                     unsafe {
                         l = lse2(*(f.lse as *const f32).add(at as usize));
                         d = *(p.b.dsum as *const f32).add(at as usize);

@@ -17,7 +17,7 @@ use crate::arch::tma::{mbar_arrive, mbar_wait, setmaxnreg_dec, setmaxnreg_inc};
 use crate::arch::wgmma::{self, WgElement, desc, keep};
 use crate::bwd::lse2;
 use crate::hopper::{CONSUMER_THREADS, EMPTY, HALF, ItemInfo, LAST, OAcc, Smem, issue_pv, issue_s, lane0_read, mask_tile, next_item, pack_a, producer, release_empty_tile, release_k_q, row_windows, specialise, store_acc_row, tile_j0};
-use crate::item::elem_offset;
+use crate::item::{elem_offset, lse_index};
 
 const NS: u32 = HOPPER_DQ_STAGES as u32;
 /// One Q/dO slot: two would not fit beside the K and V rings.
@@ -55,7 +55,7 @@ unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperDqParams, sm: Smem
         for h in 0..2 {
             let i = i0 + row + 8 * h as i32;
             if i < seq.q_len {
-                let at = item.batch as i64 * f.lse_batch + item.head as i64 * f.lse_head + (seq.q_start + i) as i64;
+                let at = lse_index(f, item.batch, item.head, seq.q_start + i);
                 unsafe {
                     lse[h] = lse2(*(f.lse as *const f32).add(at as usize));
                     dsum[h] = *(p.dsum as *const f32).add(at as usize);

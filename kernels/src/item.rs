@@ -62,6 +62,13 @@ pub fn elem_offset(s: &Strides, batch: u32, token: i32, head: u32) -> i64 {
     batch as i64 * s.batch + token as i64 * s.token + head as i64 * s.head
 }
 
+/// Index in `p.lse` (f32 elements) of the lse of token `token` (`q_start` included) of query
+/// head `head` in batch entry `batch`.
+#[inline(always)]
+pub fn lse_index(p: &FwdParams, batch: u32, head: u32, token: i32) -> i64 {
+    batch as i64 * p.lse_batch + head as i64 * p.lse_head + token as i64
+}
+
 /// Work item `idx` of the list `items` and its sequence.
 #[inline(always)]
 pub fn item_at(p: &FwdParams, items: u64, idx: u32) -> (WorkItem, SeqInfo) {
