@@ -150,3 +150,43 @@ pub fn claimed_item(claim: u32) -> u32 {
 pub unsafe fn next_work_item(counter: u64) -> u32 {
     claimed_item(unsafe { claim_work(counter) })
 }
+
+/// `%cluster_ctarank`: this CTA's rank in its cluster.
+#[inline(always)]
+pub fn cluster_rank() -> u32 {
+    let r: u32;
+    unsafe { asm!("mov.u32 {0}, %cluster_ctarank;", out(reg32) r, options(pure, nomem, nostack)) };
+    r
+}
+
+/// `%clusterid.x`: this CTA's cluster in the grid (a 1-D grid of 1-D clusters).
+#[inline(always)]
+pub fn cluster_id() -> u32 {
+    let r: u32;
+    unsafe { asm!("mov.u32 {0}, %clusterid.x;", out(reg32) r, options(pure, nomem, nostack)) };
+    r
+}
+
+/// `barrier.cluster.arrive.release` then `barrier.cluster.wait.acquire`: every thread of every
+/// CTA of the cluster meets (not `.aligned`: callable from diverged code); shared-memory
+/// accesses before it, in any CTA, are ordered before those after it.
+#[inline(always)]
+pub fn cluster_sync() {
+    unsafe { asm!("barrier.cluster.arrive.release;", "barrier.cluster.wait.acquire;", options(nostack)) };
+}
+
+/// `st.shared::cluster.u32 [addr], v`: a word into another CTA's shared memory (`addr` from
+/// `mapa`).
+#[inline(always)]
+pub unsafe fn st_cluster_u32(addr: u32, v: u32) {
+    unsafe { asm!("st.shared::cluster.u32 [{0}], {1};", in(reg32) addr, in(reg32) v, options(nostack)) };
+}
+
+/// The work pair that claim `claim` of [`claim_work`] gives in a grid of clusters:
+/// `%nclusterid.x + claim`, the first pairs being the clusters' `%clusterid.x`.
+#[inline(always)]
+pub fn claimed_pair(claim: u32) -> u32 {
+    let idx: u32;
+    unsafe { asm!("{{ .reg .u32 g; mov.u32 g, %nclusterid.x; add.u32 {0}, {1}, g; }}", out(reg32) idx, in(reg32) claim, options(pure, nomem, nostack)) };
+    idx
+}

@@ -99,3 +99,49 @@ pub unsafe fn setmaxnreg_dec<const N: u32>() {
 pub unsafe fn setmaxnreg_inc<const N: u32>() {
     unsafe { asm!("setmaxnreg.inc.sync.aligned.u32 {n};", n = const N, options(nostack)) }
 }
+
+/// `cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_tx::bytes.multicast::cluster`:
+/// [`tma_load_4d`] into every CTA of the cluster named in `cta_mask` (bit r: rank r), at the
+/// same shared offsets `dst` and `bar` in each (each CTA's own barrier gets its bytes).
+#[inline(always)]
+pub unsafe fn tma_load_4d_multicast(dst: u32, map: u64, bar: u32, c: [i32; 4], cta_mask: u16) {
+    unsafe {
+        asm!("cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_tx::bytes.multicast::cluster [{0}], [{1}, {{{2}, {3}, {4}, {5}}}], [{6}], {7};",
+             in(reg32) dst, in(reg64) map, in(reg32) c[0], in(reg32) c[1], in(reg32) c[2], in(reg32) c[3], in(reg32) bar, in(reg16) cta_mask,
+             options(nostack));
+    }
+}
+
+/// `mapa.shared::cluster.u32`: the cluster-wide shared address of CTA `rank`'s copy of the
+/// variable at this CTA's shared address `addr`.
+#[inline(always)]
+pub fn mapa(addr: u32, rank: u32) -> u32 {
+    let r: u32;
+    unsafe { asm!("mapa.shared::cluster.u32 {0}, {1}, {2};", out(reg32) r, in(reg32) addr, in(reg32) rank, options(pure, nomem, nostack)) };
+    r
+}
+
+/// `mbarrier.arrive.release.cluster.shared::cluster.b64 _, [bar]`: arrives on a barrier of any
+/// CTA of the cluster (`bar` from [`mapa`]), releasing this thread's earlier accesses at
+/// cluster scope.
+#[inline(always)]
+pub unsafe fn mbar_arrive_cluster(bar: u32) {
+    unsafe { asm!("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [{0}];", in(reg32) bar, options(nostack)) }
+}
+
+/// `mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64` until the phase of parity `parity`
+/// has completed: [`mbar_wait`] that also acquires what other CTAs of the cluster released
+/// with their arrivals ([`mbar_arrive_cluster`]).
+#[inline(always)]
+pub unsafe fn mbar_wait_cluster(bar: u32, parity: u32) {
+    loop {
+        let done: u32;
+        unsafe {
+            asm!("{{ .reg .pred p; mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [{1}], {2}; selp.u32 {0}, 1, 0, p; }}",
+                 out(reg32) done, in(reg32) bar, in(reg32) parity, options(nostack));
+        }
+        if done != 0 {
+            break;
+        }
+    }
+}
