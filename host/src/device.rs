@@ -294,7 +294,11 @@ impl Device {
     /// e.g. "NVIDIA H100 80GB HBM3 (sm_90, Hopper path)".
     pub fn describe(&self) -> String {
         let name = self.ctx.name().unwrap_or_else(|_| "unknown GPU".into());
-        format!("{name} (sm_{}{}, {:?} path)", self.capability.0, self.capability.1, self.path)
+        let pairs = match (&self.hopper_fwd_pair, self.pairs_on) {
+            (Some(k), true) => format!(", forward in pairs: {} clusters of 2 CTAs", k[0][1].clusters),
+            _ => String::new(),
+        };
+        format!("{name} (sm_{}{}, {:?} path{pairs})", self.capability.0, self.capability.1, self.path)
     }
 }
 

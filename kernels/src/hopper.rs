@@ -29,7 +29,7 @@ use crate::arch::math::{exp2, fma, log2, rcp};
 use crate::arch::mma::Element;
 use crate::arch::smem::{dynamic_smem, fence_proxy_async_shared, ld_shared_u32, ld_shared_v4, smem_u32, st_shared_u32, st_shared_v4, stmatrix_x4};
 use crate::arch::sync::{bar_any, bar_sync, block_idx, claim_work, claimed_item, claimed_pair, cluster_id, cluster_rank, next_work_item, opaque, quad_transpose, shfl_idx, shfl_xor, st_cluster_u32, thread_idx, vote_any};
-use crate::arch::tma::{bulk_wait_read, fence_mbar_init, mapa, mbar_arrive, mbar_arrive_cluster, mbar_arrive_expect_tx, mbar_init, mbar_wait, mbar_wait_cluster, prefetch_tensormap, setmaxnreg_dec, setmaxnreg_inc, tma_load_4d, tma_load_4d_multicast, tma_store_4d};
+use crate::arch::tma::{bulk_wait_read, fence_mbar_init, mapa, mbar_arrive, mbar_arrive_cluster, mbar_arrive_expect_tx, mbar_arrive_remote, mbar_init, mbar_wait, mbar_wait_cluster, prefetch_tensormap, setmaxnreg_dec, setmaxnreg_inc, tma_load_4d, tma_load_4d_multicast, tma_store_4d};
 use crate::arch::wgmma::{self, Keep, WgElement, desc, keep};
 use crate::item::{self, elem_offset, head_rule, item_walk, lse_index};
 
@@ -403,14 +403,7 @@ pub(crate) unsafe fn producer<O: OAcc, const NS: u32, const NV: u32, const QT: u
             // Key order; of two unrelated tiles at one key, rank 0's first.
             let mine = j0 >= 0 && (jp < 0 || j0 < jp || (j0 == jp && (shared || rank == 0)));
             let (s, vs) = (tile % NS, tile % NV);
-            unsafe {
-                if PAIRED {
-                    // Acquires the other CTA's releases too: its stage is overwritten next.
-                    mbar_wait_cluster(sm.k_empty(s), ((tile / NS) & 1) ^ 1);
-                } else {
-                    mbar_wait(sm.k_empty(s), ((tile / NS) & 1) ^ 1);
-                }
-            }
+            unsafe { mbar_wait(sm.k_empty(s), ((tile / NS) & 1) ^ 1) };
             tmark!(tr, 12);
             if mine {
                 let next = unsafe { walk.next() };
@@ -427,11 +420,7 @@ pub(crate) unsafe fn producer<O: OAcc, const NS: u32, const NV: u32, const QT: u
                             tile_copy(sm.k + s * tile_bytes + h as u32 * HALF, map_k, sm.k_full(s), [h * 64, row, kv_head, batch], shared);
                         }
                     }
-                    if PAIRED {
-                        mbar_wait_cluster(sm.v_empty(vs), ((tile / NV) & 1) ^ 1);
-                    } else {
-                        mbar_wait(sm.v_empty(vs), ((tile / NV) & 1) ^ 1);
-                    }
+                    mbar_wait(sm.v_empty(vs), ((tile / NV) & 1) ^ 1);
                     tmark!(tr, 13);
                     mbar_arrive_expect_tx(sm.v_full(vs), tile_bytes);
                     if copies {
@@ -452,11 +441,7 @@ pub(crate) unsafe fn producer<O: OAcc, const NS: u32, const NV: u32, const QT: u
                 unsafe {
                     *(shared_ptr(sm.ring(s))) = none as u32;
                     mbar_arrive(sm.k_full(s));
-                    if PAIRED {
-                        mbar_wait_cluster(sm.v_empty(vs), ((tile / NV) & 1) ^ 1);
-                    } else {
-                        mbar_wait(sm.v_empty(vs), ((tile / NV) & 1) ^ 1);
-                    }
+                    mbar_wait(sm.v_empty(vs), ((tile / NV) & 1) ^ 1);
                     mbar_arrive(sm.v_full(vs));
                 }
                 if jp >= 0 {
@@ -619,7 +604,7 @@ pub(crate) unsafe fn free_stage(bar: u32, paired: bool) {
     unsafe {
         mbar_arrive(bar);
         if paired {
-            mbar_arrive_cluster(mapa(bar, cluster_rank() ^ 1));
+            mbar_arrive_remote(mapa(bar, cluster_rank() ^ 1));
         }
     }
 }

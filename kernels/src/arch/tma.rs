@@ -121,9 +121,19 @@ pub fn mapa(addr: u32, rank: u32) -> u32 {
     r
 }
 
+/// `mbarrier.arrive.shared::cluster.b64 _, [bar]`: arrives on a barrier of any CTA of the
+/// cluster (`bar` from [`mapa`]) with the default semantics (release at CTA scope), as
+/// CUTLASS's pipelines hand a stage back to another CTA's producer: what the arrival orders is
+/// this thread's own completed reads of its own CTA's stage. The cluster-scope release of
+/// [`mbar_arrive_cluster`] is a cluster-wide fence (a thousand cycles on the consumers' path).
+#[inline(always)]
+pub unsafe fn mbar_arrive_remote(bar: u32) {
+    unsafe { asm!("mbarrier.arrive.shared::cluster.b64 _, [{0}];", in(reg32) bar, options(nostack)) }
+}
+
 /// `mbarrier.arrive.release.cluster.shared::cluster.b64 _, [bar]`: arrives on a barrier of any
 /// CTA of the cluster (`bar` from [`mapa`]), releasing this thread's earlier accesses at
-/// cluster scope.
+/// cluster scope (a write into that CTA's shared memory, say).
 #[inline(always)]
 pub unsafe fn mbar_arrive_cluster(bar: u32) {
     unsafe { asm!("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [{0}];", in(reg32) bar, options(nostack)) }
