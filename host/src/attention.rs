@@ -6,7 +6,7 @@ use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr,
 
 use crate::device::{Device, FWD_HEAD_DIMS, HopperKernel};
 use crate::error::{Error, Result};
-use crate::plan::{check_mask_len, pair_items, work_items};
+use crate::plan::{check_mask_len, work_items};
 use crate::spec::AttentionSpec;
 use crate::tensor_map::{self, MapShape, TensorMapBytes};
 
@@ -102,8 +102,6 @@ pub struct Attention {
     kv_items: KvLists,
     /// The same for the Hopper dK/dV kernel's 128-key tiles (Hopper path only).
     kv_items_wide: Option<KvLists>,
-    /// The paired Hopper forward's work list ([`crate::plan::pair_items`]; Hopper path only).
-    pair_items: Option<DeviceList>,
     /// Whether [`Attention::backward`] runs in its deterministic mode.
     deterministic: bool,
 }
@@ -167,12 +165,7 @@ impl Attention {
             Ok(KvLists { whole: upload_list(&whole)?, split, parts: parts as u32 })
         };
         let kv_items = kv_lists(attn_common::BWD_KEYS)?;
-        let hopper = device.path() == crate::KernelPath::Hopper;
-        let kv_items_wide = if hopper { Some(kv_lists(attn_common::HOPPER_BWD_KEYS)?) } else { None };
-        let pair_items = match pair_items(&spec, counts_host.as_deref()).filter(|_| hopper) {
-            Some(p) => Some(upload_list(&p)?),
-            None => None,
-        };
+        let kv_items_wide = if device.path() == crate::KernelPath::Hopper { Some(kv_lists(attn_common::HOPPER_BWD_KEYS)?) } else { None };
         let (lists_t, counts_t) = match transposed {
             Some(t) => t,
             None => (stream.alloc_zeros::<i32>(1)?, stream.alloc_zeros::<i32>(1)?),
@@ -188,7 +181,6 @@ impl Attention {
             counts_t,
             kv_items,
             kv_items_wide,
-            pair_items,
             deterministic: false,
             spec,
         })
@@ -275,22 +267,8 @@ impl Attention {
         let (cp, _g7) = self.counts.device_ptr(stream);
         let tables = self.tables(stream);
         let io = [(qp, q.strides), (kp, k.strides), (vp, v.strides), (op, o.strides)];
-        let mut params = self.fwd_params(&tables.ptrs(), io, lsep, (lp, cp));
-        let maps_of = |kernel| self.hopper_maps::<T>(kernel, &[(io[0], true, BK), (io[1], false, BK), (io[2], false, BK), (io[3], true, BK)]);
-        if let (Some((kernel, maps)), Some(pairs)) = (maps_of(device.hopper_pair_kernel(T::KERNEL, spec.head_dim)), &self.pair_items) {
-            let grid = 2 * (pairs.len / 2).min(kernel.clusters);
-            let bytes = upload_maps(stream, &maps, trace::bytes(grid))?;
-            let (mp, _g8) = bytes.device_ptr(stream);
-            let (ip, _g9) = pairs.items.device_ptr(stream);
-            params.items = ip;
-            let hp = HopperFwdParams { n_items: pairs.len, ..self.hopper_params(params, mp, &maps) };
-            let cfg = LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (HOPPER_THREADS, 1, 1), shared_mem_bytes: kernel.smem as u32 };
-            let arg = ByValue(hp);
-            unsafe { stream.launch_builder(&kernel.func).arg(&arg).launch(cfg)? };
-            trace::dump(stream, &bytes, maps.len() * TENSOR_MAP_BYTES + 16)?;
-            return Ok(());
-        }
-        if let Some((kernel, maps)) = maps_of(device.hopper_kernel(T::KERNEL, spec.head_dim)) {
+        let params = self.fwd_params(&tables.ptrs(), io, lsep, (lp, cp));
+        if let Some((kernel, maps)) = self.hopper_maps::<T>(device.hopper_kernel(T::KERNEL, spec.head_dim), &[(io[0], true, BK), (io[1], false, BK), (io[2], false, BK), (io[3], true, BK)]) {
             let grid = self.n_items.min(device.sm_count());
             let bytes = upload_maps(stream, &maps, trace::bytes(grid))?;
             let (mp, _g8) = bytes.device_ptr(stream);

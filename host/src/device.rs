@@ -2,7 +2,7 @@
 use std::ffi::{CString, c_void};
 use std::sync::Arc;
 
-use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream, LaunchConfig, sys};
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream, sys};
 use cudarc::nvrtc::Ptx;
 
 use crate::error::{Error, Result};
@@ -68,10 +68,6 @@ pub struct Device {
     hopper_fwd: Option<[[HopperKernel; 2]; 2]>,
     /// Whether forwards use it ([`Device::use_hopper_forward`]).
     hopper_on: bool,
-    /// `[dtype][head dim 64, 128]`: its 2-CTA-cluster entries (`attn_fwd_hopper_pair_*`).
-    hopper_fwd_pair: Option<[[HopperKernel; 2]; 2]>,
-    /// Whether forwards use those ([`Device::use_hopper_pairs`]).
-    pairs_on: bool,
     /// `[dtype][head dim 64, 128]`: the Hopper dQ and dK/dV kernels, `None` off the Hopper path.
     hopper_dq: Option<[[HopperKernel; 2]; 2]>,
     hopper_dkdv: Option<[[HopperKernel; 2]; 2]>,
@@ -88,9 +84,6 @@ pub(crate) struct HopperKernel {
     pub func: CudaFunction,
     /// Dynamic shared memory per CTA.
     pub smem: usize,
-    /// Clusters of an entry with a cluster shape that can run at once (0 for the others):
-    /// the size of its persistent grid, in clusters.
-    pub clusters: u32,
 }
 
 
@@ -165,15 +158,13 @@ impl Device {
         }
         let compact = module.load_function("compact_block_mask")?;
         let reduce = [module.load_function("attn_reduce_parts_bf16")?, module.load_function("attn_reduce_parts_f16")?];
-        let (hopper_fwd, hopper_fwd_pair, hopper_dq, hopper_dkdv) = match path {
+        let (hopper_fwd, hopper_dq, hopper_dkdv) = match path {
             KernelPath::Hopper => (
-                Some(load_hopper(&ctx, &module, max_smem, "attn_fwd_hopper", attn_common::hopper_fwd_smem_bytes)?),
-                // Optional: where no cluster fits (a partitioned device), every CTA runs alone.
-                load_hopper(&ctx, &module, max_smem, "attn_fwd_hopper_pair", attn_common::hopper_fwd_smem_bytes).ok(),
-                Some(load_hopper(&ctx, &module, max_smem, "attn_bwd_dq_hopper", attn_common::hopper_dq_smem_bytes)?),
-                Some(load_hopper(&ctx, &module, max_smem, "attn_bwd_dkdv_hopper", attn_common::hopper_dkdv_smem_bytes)?),
+                Some(load_hopper(&module, max_smem, "attn_fwd_hopper", attn_common::hopper_fwd_smem_bytes)?),
+                Some(load_hopper(&module, max_smem, "attn_bwd_dq_hopper", attn_common::hopper_dq_smem_bytes)?),
+                Some(load_hopper(&module, max_smem, "attn_bwd_dkdv_hopper", attn_common::hopper_dkdv_smem_bytes)?),
             ),
-            KernelPath::Portable => (None, None, None, None),
+            KernelPath::Portable => (None, None, None),
         };
         let sm_count = ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)? as u32;
         Ok(Device {
@@ -189,8 +180,6 @@ impl Device {
             reduce,
             hopper_on: hopper_fwd.is_some(),
             hopper_fwd,
-            pairs_on: hopper_fwd_pair.is_some() && std::env::var("ATTN_HOPPER_PAIRS").map_or(true, |v| v != "0"),
-            hopper_fwd_pair,
             hopper_bwd_on: hopper_dkdv.is_some(),
             hopper_dq,
             hopper_dkdv,
@@ -206,26 +195,6 @@ impl Device {
         }
         self.hopper_on = on;
         Ok(())
-    }
-
-    /// Switches the Hopper forward's paired launch on or off: on by default on the Hopper path
-    /// (environment variable `ATTN_HOPPER_PAIRS=0`: off), the forward runs as 2-CTA clusters whose
-    /// CTAs take two neighbouring query blocks of a head at a time and load the key tiles both
-    /// read once for both (TMA multicast); off, every CTA runs alone. Switching it on off the
-    /// Hopper path is an error.
-    pub fn use_hopper_pairs(&mut self, on: bool) -> Result<()> {
-        if on && self.hopper_fwd_pair.is_none() {
-            return Err(Error::UnsupportedArch { major: self.capability.0, minor: self.capability.1 });
-        }
-        self.pairs_on = on;
-        Ok(())
-    }
-
-    /// The paired Hopper forward entry for a dtype and head dim, when the Hopper forward serves
-    /// it and pairs are on.
-    pub(crate) fn hopper_pair_kernel(&self, dtype: usize, head_dim: usize) -> Option<&HopperKernel> {
-        self.hopper_kernel(dtype, head_dim)?;
-        hopper_entry(self.hopper_fwd_pair.as_ref().filter(|_| self.pairs_on)?, dtype, head_dim)
     }
 
     /// Whether forwards with head dim `head_dim` run the Hopper kernel.
@@ -294,11 +263,7 @@ impl Device {
     /// e.g. "NVIDIA H100 80GB HBM3 (sm_90, Hopper path)".
     pub fn describe(&self) -> String {
         let name = self.ctx.name().unwrap_or_else(|_| "unknown GPU".into());
-        let pairs = match (&self.hopper_fwd_pair, self.pairs_on) {
-            (Some(k), true) => format!(", forward in pairs: {} clusters of 2 CTAs", k[0][1].clusters),
-            _ => String::new(),
-        };
-        format!("{name} (sm_{}{}, {:?} path{pairs})", self.capability.0, self.capability.1, self.path)
+        format!("{name} (sm_{}{}, {:?} path)", self.capability.0, self.capability.1, self.path)
     }
 }
 
@@ -344,23 +309,15 @@ fn hopper_entry(kernels: &[[HopperKernel; 2]; 2], dtype: usize, head_dim: usize)
     (head_dim > 32).then(|| &kernels[dtype][class])
 }
 
-/// The Hopper entries `{prefix}_{dtype}_d{d}` with their shared memory (and, for entries with
-/// a cluster shape, how many clusters fit the device at once).
-fn load_hopper(ctx: &Arc<CudaContext>, module: &Arc<CudaModule>, max_smem: i32, prefix: &str, smem_bytes: fn(usize) -> usize) -> Result<[[HopperKernel; 2]; 2]> {
+/// The Hopper entries `{prefix}_{dtype}_d{d}` with their shared memory.
+fn load_hopper(module: &Arc<CudaModule>, max_smem: i32, prefix: &str, smem_bytes: fn(usize) -> usize) -> Result<[[HopperKernel; 2]; 2]> {
     let load = |dtype: &str, d: usize| -> Result<HopperKernel> {
         let name = format!("{prefix}_{dtype}_d{d}");
-        let mut k = HopperKernel { func: module.load_function(&name)?, smem: smem_bytes(d), clusters: 0 };
+        let k = HopperKernel { func: module.load_function(&name)?, smem: smem_bytes(d) };
         if k.smem as i32 > max_smem {
             return Err(Error::Tensor { name: "kernel", why: format!("{name} needs {} bytes of shared memory; the device allows {max_smem}", k.smem) });
         }
         k.func.set_attribute(sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, k.smem as i32)?;
-        if prefix.ends_with("_pair") {
-            let cfg = LaunchConfig { grid_dim: (2, 1, 1), block_dim: (attn_common::HOPPER_THREADS, 1, 1), shared_mem_bytes: k.smem as u32 };
-            k.clusters = k.func.occupancy_max_active_clusters(cfg, &ctx.default_stream())?;
-            if k.clusters == 0 {
-                return Err(Error::Tensor { name: "kernel", why: format!("no 2-CTA cluster of {name} fits the device") });
-            }
-        }
         Ok(k)
     };
     let [a, b] = HOPPER_HEAD_DIMS;

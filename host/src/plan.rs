@@ -228,97 +228,6 @@ const L2_GROUP_BYTES: usize = 16 << 20;
 /// first, the short ones filling the tail.
 pub fn work_items(spec: &AttentionSpec, counts: Option<&[i32]>) -> Vec<WorkItem> {
     let mut items = Vec::new();
-    for_each_item(spec, counts, |key, it| items.push((key, it)));
-    items.sort_by_key(|&(key, _)| key);
-    items.into_iter().map(|(_, it)| it).collect()
-}
-
-/// The work list of the paired Hopper forward, or `None` where the call cannot be paired
-/// (block-sparse heads): pairs of items, items `2k` and `2k + 1` being pair `k`, which the two
-/// CTAs of a cluster run side by side, loading once the key tiles both read. A pair is two
-/// neighbouring query blocks (`2i`, `2i + 1`) of one sequence and head: they read the same key
-/// tiles but for a few (the causal diagonal, a streaming window's ends). Pairs go in
-/// [`work_items`]' order by their heavier item. The blocks left over (a sequence's odd last
-/// block) pair up in that order where [`pair_fits`] allows, else each with itself (both CTAs
-/// compute it and write the same values).
-pub fn pair_items(spec: &AttentionSpec, counts: Option<&[i32]>) -> Option<Vec<WorkItem>> {
-    if spec.patterns.iter().any(|p| matches!(p, HeadPattern::BlockSparse { .. })) {
-        return None;
-    }
-    let tiles = |it: &WorkItem| visited_tiles(spec, None, it.batch as usize, it.head as usize, it.q_block as usize, BLOCK as i32);
-    let fits = |a: &WorkItem, b: &WorkItem| {
-        let same = a.batch == b.batch && a.head as usize / spec.group() == b.head as usize / spec.group();
-        pair_fits(&tiles(a), &tiles(b), same)
-    };
-    let mut all = Vec::new();
-    for_each_item(spec, counts, |key, it| all.push((key, it)));
-    let mut pairs = Vec::new();
-    let mut odd = Vec::new();
-    let mut i = 0;
-    while i < all.len() {
-        let (ka, a) = all[i];
-        match all.get(i + 1) {
-            Some(&(kb, b)) if b.batch == a.batch && b.head == a.head && b.q_block == a.q_block + 1 && a.q_block % 2 == 0 && fits(&a, &b) => {
-                pairs.push((ka.min(kb), [a, b]));
-                i += 2;
-            }
-            _ => {
-                odd.push((ka, a));
-                i += 1;
-            }
-        }
-    }
-    odd.sort_by_key(|&(key, _)| key);
-    let mut rest = odd.into_iter().peekable();
-    while let Some((ka, a)) = rest.next() {
-        match rest.peek() {
-            Some(&(_, b)) if fits(&a, &b) => {
-                pairs.push((ka, [a, b]));
-                rest.next();
-            }
-            _ => pairs.push((ka, [a, a])),
-        }
-    }
-    pairs.sort_by_key(|&(key, _)| key);
-    Some(pairs.into_iter().flat_map(|(_, p)| p).collect())
-}
-
-/// Whether two items whose key tiles start at `a` and `b` (ascending; `same`: read from the same
-/// K and V) may share a cluster. The Hopper forward's producers walk the two lists merged, a
-/// tile both read once (`same`), ties of unrelated tiles `a`'s first; each CTA's ring holds, in
-/// order, its own tiles and `SKIP` stages for the other's. A consumer passes those `SKIP`s while
-/// it still holds the V stage of its last tile, and the producers fill stages in order, so more
-/// than `HOPPER_V_STAGES - 1` (2) in a row would deadlock: a pair may leave each CTA at most one
-/// before its first tile and one after its last (two pairs in a row then make two) and two
-/// between its tiles. An item with no tile holds no stage: any count.
-pub fn pair_fits(a: &[i32], b: &[i32], same: bool) -> bool {
-    const { assert!(attn_common::HOPPER_V_STAGES == 3) };
-    // Per stage: (a's tile, b's tile).
-    let (mut i, mut j) = (0, 0);
-    let mut stages = Vec::with_capacity(a.len() + b.len());
-    while i < a.len() || j < b.len() {
-        let (x, y) = (a.get(i), b.get(j));
-        let step = match (x, y) {
-            (Some(x), Some(y)) if same && x == y => (true, true),
-            (Some(x), Some(y)) => (x <= y, x > y),
-            (Some(_), None) => (true, false),
-            _ => (false, true),
-        };
-        i += step.0 as usize;
-        j += step.1 as usize;
-        stages.push(step);
-    }
-    let ok = |own: &dyn Fn(&(bool, bool)) -> bool| {
-        let at: Vec<usize> = stages.iter().enumerate().filter(|(_, s)| own(s)).map(|(n, _)| n).collect();
-        let (Some(&first), Some(&last)) = (at.first(), at.last()) else { return true };
-        first <= 1 && stages.len() - 1 - last <= 1 && at.windows(2).all(|w| w[1] - w[0] - 1 <= 2)
-    };
-    ok(&|s| s.0) && ok(&|s| s.1)
-}
-
-/// Every item of the call in natural order (batch, head, query block) with its sort key: its
-/// L2 group, then its cost, heaviest first (see [`work_items`]).
-fn for_each_item(spec: &AttentionSpec, counts: Option<&[i32]>, mut f: impl FnMut((usize, std::cmp::Reverse<u32>), WorkItem)) {
     let (mut group, mut group_bytes) = (0usize, 0usize);
     for b in 0..spec.batch() {
         let seq = spec.seq(b);
@@ -331,8 +240,10 @@ fn for_each_item(spec: &AttentionSpec, counts: Option<&[i32]>, mut f: impl FnMut
             group_bytes += head_bytes;
             for qb in 0..q_blocks {
                 let cost = item_cost(spec, counts, b, h, qb);
-                f((group, std::cmp::Reverse(cost)), WorkItem { batch: b as u32, head: h as u32, q_block: qb as u32, group_part: 0 });
+                items.push(((group, std::cmp::Reverse(cost)), WorkItem { batch: b as u32, head: h as u32, q_block: qb as u32, group_part: 0 }));
             }
         }
     }
+    items.sort_by_key(|&(key, _)| key);
+    items.into_iter().map(|(_, it)| it).collect()
 }

@@ -28,8 +28,8 @@ use crate::arch::global::{red_add_f32, st_global_v4};
 use crate::arch::math::{exp2, fma, log2, rcp};
 use crate::arch::mma::Element;
 use crate::arch::smem::{dynamic_smem, fence_proxy_async_shared, ld_shared_u32, ld_shared_v4, smem_u32, st_shared_u32, st_shared_v4, stmatrix_x4};
-use crate::arch::sync::{bar_any, bar_sync, block_idx, claim_work, claimed_item, claimed_pair, cluster_id, cluster_rank, next_work_item, opaque, quad_transpose, shfl_idx, shfl_xor, st_cluster_u32, thread_idx, vote_any};
-use crate::arch::tma::{bulk_wait_read, fence_mbar_init, mapa, mbar_arrive, mbar_arrive_cluster, mbar_arrive_expect_tx, mbar_arrive_remote, mbar_init, mbar_wait, mbar_wait_cluster, prefetch_tensormap, setmaxnreg_dec, setmaxnreg_inc, tma_load_4d, tma_load_4d_multicast, tma_store_4d};
+use crate::arch::sync::{bar_any, bar_sync, block_idx, claim_work, claimed_item, next_work_item, opaque, quad_transpose, shfl_idx, shfl_xor, thread_idx, vote_any};
+use crate::arch::tma::{fence_mbar_init, mbar_arrive, mbar_arrive_expect_tx, mbar_init, mbar_wait, prefetch_tensormap, setmaxnreg_dec, setmaxnreg_inc, tma_load_4d, tma_store_4d, bulk_wait_read};
 use crate::arch::wgmma::{self, Keep, WgElement, desc, keep};
 use crate::item::{self, elem_offset, head_rule, item_walk, lse_index};
 
@@ -55,9 +55,6 @@ pub(crate) fn tile_j0(e: i32) -> i32 {
     e & !(LAST | FULL)
 }
 pub(crate) const EMPTY: i32 = -1;
-/// A paired CTA's ring entry for a tile only the other CTA's item visits: its stage holds
-/// nothing here and goes straight back.
-pub(crate) const SKIP: i32 = -2;
 /// The producer claims the next item once this many of the current item's mask blocks are left
 /// to load (see [`producer`]).
 const CLAIM_BLOCKS_LEFT: i32 = 2;
@@ -129,9 +126,8 @@ impl<const NS: u32, const NV: u32, const QT: u32, const NQ: u32> Smem<NS, NV, QT
     pub(crate) fn new(base: u32, d: usize) -> Self {
         // Q tiles and K/V tiles share one size and one column-block stride (`HALF`).
         const { assert!(HOPPER_ROWS == HOPPER_KEYS) };
-        // Barriers, item slots, tile ring, `o_full` and the pair's mailbox fit the 1 KiB block
-        // the smem sizes reserve.
-        const { assert!(16 * (NQ + NS + NV) + 64 * NQ + 4 * NS + 8 + 8 * NQ + 24 <= 1024) };
+        // Barriers, item slots, tile ring and `o_full` fit the 1 KiB block the smem sizes reserve.
+        const { assert!(16 * (NQ + NS + NV) + 64 * NQ + 4 * NS + 8 + 8 * NQ <= 1024) };
         let tile_bytes = (HOPPER_KEYS * d * 2) as u32;
         let q = base;
         let k = q + NQ * QT * tile_bytes;
@@ -178,23 +174,10 @@ impl<const NS: u32, const NV: u32, const QT: u32, const NQ: u32> Smem<NS, NV, QT
     fn o_full(&self, b: u32) -> u32 {
         ((self.ring(NS) + 7) & !7) + 8 * b
     }
-    /// A paired CTA's mailbox (see [`producer`]): rank 1's "the next pair is in the word"
-    /// barrier, rank 0's "the word was read" barrier, and the word (rank 1's).
-    fn pair_sent(&self) -> u32 {
-        self.o_full(NQ)
-    }
-    fn pair_read(&self) -> u32 {
-        self.o_full(NQ) + 8
-    }
-    fn pair_word(&self) -> u32 {
-        self.o_full(NQ) + 16
-    }
-    /// Initialises the barriers (one thread, before the CTA or cluster barrier that publishes
-    /// them); a Q slot goes back to the producer after `q_release` arrivals. A paired CTA's K / V
-    /// stages go back once both CTAs' consumers have released them.
+    /// Initialises the barriers (one thread, before the CTA barrier that publishes them); a Q
+    /// slot goes back to the producer after `q_release` arrivals.
     #[inline(always)]
-    pub(crate) unsafe fn init_barriers<const PAIRED: bool>(&self, q_release: u32) {
-        let stage_release = if PAIRED { 2 * CONSUMER_WARPS } else { CONSUMER_WARPS };
+    pub(crate) unsafe fn init_barriers(&self, q_release: u32) {
         unsafe {
             for b in 0..NQ {
                 mbar_init(self.q_full(b), 1);
@@ -203,14 +186,12 @@ impl<const NS: u32, const NV: u32, const QT: u32, const NQ: u32> Smem<NS, NV, QT
             }
             for s in 0..NS {
                 mbar_init(self.k_full(s), 1);
-                mbar_init(self.k_empty(s), stage_release);
+                mbar_init(self.k_empty(s), CONSUMER_WARPS);
             }
             for s in 0..NV {
                 mbar_init(self.v_full(s), 1);
-                mbar_init(self.v_empty(s), stage_release);
+                mbar_init(self.v_empty(s), CONSUMER_WARPS);
             }
-            mbar_init(self.pair_sent(), 1);
-            mbar_init(self.pair_read(), 1);
             fence_mbar_init();
         }
     }
@@ -241,31 +222,20 @@ fn item_at(p: &HopperFwdParams, idx: u32) -> (WorkItem, SeqInfo, HeadRule) {
 /// 40 registers, its thread 0 runs `producer` and its warp 1 `storer` with `$s` (the lane) bound,
 /// where given; warpgroups 1 and 2 take 232 (40 × 128 + 232 × 256 is
 /// what the launch allocated, 168 × 384: `setmaxnreg.inc` waits for registers given back) and run
-/// `consumer` with `c` (the consumer's index) and `t` (the thread's index in it) bound. With
-/// `paired` (a launch of 2-CTA clusters, [`producer`]) the barriers are published to the cluster
-/// and every thread meets the other CTA's again before leaving: its consumers arrive on this
-/// CTA's barriers until their last stage. A macro, not a function taking closures: closures'
-/// captures ended up in local memory.
+/// `consumer` with `c` (the consumer's index) and `t` (the thread's index in it) bound. A macro,
+/// not a function taking closures: closures' captures ended up in local memory.
 macro_rules! specialise {
     ($sm:expr, $q_release:expr, $producer:expr, |$c:ident, $t:ident| $consumer:expr) => {
-        specialise!(false, $sm, $q_release, $producer, |_s| (), |$c, $t| $consumer)
+        specialise!($sm, $q_release, $producer, |_s| (), |$c, $t| $consumer)
     };
-    ($paired:expr, $sm:expr, $q_release:expr, $producer:expr, |$s:ident| $storer:expr, |$c:ident, $t:ident| $consumer:expr) => {{
+    ($sm:expr, $q_release:expr, $producer:expr, |$s:ident| $storer:expr, |$c:ident, $t:ident| $consumer:expr) => {{
         let tid = thread_idx();
         if tid == 0 {
-            unsafe { $sm.init_barriers::<{ $paired }>($q_release) };
+            unsafe { $sm.init_barriers($q_release) };
         }
-        if $paired {
-            crate::arch::sync::cluster_sync();
-        } else {
-            bar_sync();
-        }
+        bar_sync();
         if tid < 128 {
-            if $paired {
-                unsafe { setmaxnreg_dec::<56>() };
-            } else {
-                unsafe { setmaxnreg_dec::<40>() };
-            }
+            unsafe { setmaxnreg_dec::<40>() };
             if tid == 0 {
                 unsafe { $producer };
             } else if tid / 32 == 1 {
@@ -273,50 +243,24 @@ macro_rules! specialise {
                 $storer;
             }
         } else {
-            if $paired {
-                unsafe { setmaxnreg_inc::<224>() };
-            } else {
-                unsafe { setmaxnreg_inc::<232>() };
-            }
+            unsafe { setmaxnreg_inc::<232>() };
             let ($c, $t) = (tid / 128 - 1, tid % 128);
             unsafe { $consumer };
-        }
-        if $paired {
-            crate::arch::sync::cluster_sync();
         }
     }};
 }
 pub(crate) use specialise;
 
-/// The forward: with `PAIRED`, launched as 2-CTA clusters whose CTAs take the two items of one
-/// pair of the work list at a time, sharing the key tiles both visit ([`producer`]).
 #[inline(always)]
-pub unsafe fn attn_fwd_hopper<E: Element + WgElement, O: OAcc, const PAIRED: bool>(p: &HopperFwdParams) {
+pub unsafe fn attn_fwd_hopper<E: Element + WgElement, O: OAcc>(p: &HopperFwdParams) {
     let sm = Smem::<NS, NV, 1, NQ>::new(smem_u32(dynamic_smem()), O::D);
-    specialise!(
-        PAIRED,
-        sm,
-        STORER_THREADS,
-        producer::<O, NS, NV, 1, NQ, PAIRED>(p, sm),
-        |s| unsafe { storer::<O>(p, sm, s) },
-        |c, t| consumer::<E, O, PAIRED>(p, sm, c, t)
-    );
+    specialise!(sm, STORER_THREADS, producer::<O, NS, NV, 1, NQ>(p, sm), |s| unsafe { storer::<O>(p, sm, s) }, |c, t| consumer::<E, O>(p, sm, c, t));
 }
 
 /// One thread: for each item, Q (and dO, `QT` = 2: tensor map 3) then every key tile of its
 /// walk, through the ring.
-///
-/// `PAIRED` (the forward launched as 2-CTA clusters): the work list holds pairs of items (two
-/// neighbouring query blocks of one head, mostly), the cluster's CTA of rank r taking item r of
-/// each pair. Both producers walk the union of the two items' key tiles in key order, so the
-/// two rings hold the same tile at every stage: a tile both items read from the same K / V is
-/// loaded once, by rank 0, into both CTAs (TMA multicast; each CTA's own barrier expects the
-/// bytes); a tile only one item reads is loaded by that CTA alone while the other marks its
-/// stage `SKIP` (`EMPTY` at an item with no tile of its own). A stage is refilled only when
-/// both CTAs' consumers have released it (they arrive on both CTAs' barriers). Rank 0 claims
-/// the pairs and mails each claim to rank 1 (a word in rank 1's shared memory, two barriers).
 #[inline(always)]
-pub(crate) unsafe fn producer<O: OAcc, const NS: u32, const NV: u32, const QT: u32, const NQ: u32, const PAIRED: bool>(p: &HopperFwdParams, sm: Smem<NS, NV, QT, NQ>) {
+pub(crate) unsafe fn producer<O: OAcc, const NS: u32, const NV: u32, const QT: u32, const NQ: u32>(p: &HopperFwdParams, sm: Smem<NS, NV, QT, NQ>) {
     let maps = p.tensor_maps;
     let (map_q, map_k, map_v) = (maps, maps + TENSOR_MAP_BYTES as u64, maps + 2 * TENSOR_MAP_BYTES as u64);
     unsafe {
@@ -326,18 +270,15 @@ pub(crate) unsafe fn producer<O: OAcc, const NS: u32, const NV: u32, const QT: u
     }
     let halves = (O::D / 64) as i32;
     let tile_bytes = sm.tile_bytes;
-    let rank = if PAIRED { cluster_rank() } else { 0 };
-    // Work units: items, or pairs of them.
-    let n_work = if PAIRED { p.n_items / 2 } else { p.n_items };
     let mut tile = 0u32;
     let mut n_item = 0u32;
-    let mut idx = if PAIRED { cluster_id() } else { block_idx() };
+    let mut idx = block_idx();
     // The claim on the next item once taken during this one (`NO_ITEM`: not yet).
     let mut ahead = NO_ITEM;
     #[cfg(feature = "trace")]
     let mut tr = crate::trace::Trace::new(p.counter, block_idx(), 0, true);
     loop {
-        if idx >= n_work {
+        if idx >= p.n_items {
             // Tell the consumers, once they are done with the last Q tile.
             unsafe {
                 let b = n_item % NQ;
@@ -347,13 +288,12 @@ pub(crate) unsafe fn producer<O: OAcc, const NS: u32, const NV: u32, const QT: u
             }
             break;
         }
-        let own = if PAIRED { 2 * idx + rank } else { idx };
-        let (item, seq, rule) = item_at(p, own);
+        let (item, seq, rule) = item_at(p, idx);
         tmark!(tr, 10);
         let f = &p.f;
-        let causal = f.causal != 0;
         let i0 = item.q_block as i32 * BLK;
-        let span = RowSpan::new(rule, causal, seq.q_len, seq.k_len, i0, (i0 + BLK).min(seq.q_len) - 1);
+        let i1 = (i0 + BLK).min(seq.q_len) - 1;
+        let span = RowSpan::new(rule, f.causal != 0, seq.q_len, seq.k_len, i0, i1);
         // Token streaming's items are a few tiles long: holding a K stage through the softmax
         // (what a max-free tile needs) costs them more than the max (perf notes F11; session 9,
         // W16). Block streaming's whole middle tiles gain from it since the storer took the
@@ -369,7 +309,7 @@ pub(crate) unsafe fn producer<O: OAcc, const NS: u32, const NV: u32, const QT: u
             let slot = Smem::<NS, NV, QT, NQ>::new(opaque(sm.q), O::D);
             mbar_wait(slot.q_empty(b), ((n_item / NQ) & 1) ^ 1);
             tmark!(tr, 11);
-            write_item(sm.item(b), ItemInfo { idx: own, item, seq, rule });
+            write_item(sm.item(b), ItemInfo { idx, item, seq, rule });
             mbar_arrive_expect_tx(sm.q_full(b), QT * (HOPPER_ROWS * O::D * 2) as u32);
             for t in 0..QT {
                 let map = if t == 0 { map_q } else { maps + 3 * TENSOR_MAP_BYTES as u64 };
@@ -378,129 +318,54 @@ pub(crate) unsafe fn producer<O: OAcc, const NS: u32, const NV: u32, const QT: u
                 }
             }
         }
-        // The other item of the pair: its walk, and whether its tiles are this item's (same
-        // sequence and kv head; a pair may join two unrelated items). Built after Q went out:
-        // with this item's description still live, the producer spilled.
-        let mut other = if PAIRED {
-            let (it, sq, ru) = item_at(p, 2 * idx + (rank ^ 1));
-            let j = it.q_block as i32 * BLK;
-            let sp = RowSpan::new(ru, causal, sq.q_len, sq.k_len, j, (j + BLK).min(sq.q_len) - 1);
-            Some((unsafe { item_walk(f, &it, ru, sp, BK) }, it.batch == item.batch && it.head / f.group == item.head / f.group))
-        } else {
-            None
-        };
-        // The next tile of this item's walk and of the other's (-1: none left).
         let mut j0 = unsafe { walk.next() };
-        let mut jp = match &mut other {
-            Some((w, _)) => unsafe { w.next() },
-            None => -1,
-        };
-        // What a stage with no tile of this item says: `EMPTY` at the first of an item with no
-        // tile (one such stage even when the other item has none either), then `SKIP`.
-        let mut none = if j0 < 0 { EMPTY } else { SKIP };
-        loop {
-            let shared = matches!(other, Some((_, true))) && j0 >= 0 && j0 == jp;
-            // Key order; of two unrelated tiles at one key, rank 0's first.
-            let mine = j0 >= 0 && (jp < 0 || j0 < jp || (j0 == jp && (shared || rank == 0)));
+        if j0 < 0 {
             let (s, vs) = (tile % NS, tile % NV);
-            unsafe { mbar_wait(sm.k_empty(s), ((tile / NS) & 1) ^ 1) };
-            tmark!(tr, 12);
-            if mine {
-                let next = unsafe { walk.next() };
+            unsafe {
+                mbar_wait(sm.k_empty(s), ((tile / NS) & 1) ^ 1);
+                *(shared_ptr(sm.ring(s))) = EMPTY as u32;
+                mbar_arrive(sm.k_full(s));
+                mbar_wait(sm.v_empty(vs), ((tile / NV) & 1) ^ 1);
+                mbar_arrive(sm.v_full(vs));
+            }
+            tile += 1;
+        }
+        while j0 >= 0 {
+            let next = unsafe { walk.next() };
+            let (s, vs) = (tile % NS, tile % NV);
+            unsafe {
+                mbar_wait(sm.k_empty(s), ((tile / NS) & 1) ^ 1);
+                tmark!(tr, 12);
                 // Every row sees the whole tile (a tile in the sink only counts as partial).
                 let full = if j0 >= full_from && j0 + BK - 1 <= full_to { FULL } else { 0 };
+                *(shared_ptr(sm.ring(s))) = (j0 | full | if next < 0 { LAST } else { 0 }) as u32;
                 let row = seq.k_start + j0;
-                // Rank 1 only announces the bytes of a shared tile: rank 0's copies bring them.
-                let copies = !shared || rank == 0;
-                unsafe {
-                    *(shared_ptr(sm.ring(s))) = (j0 | full | if next < 0 { LAST } else { 0 }) as u32;
-                    mbar_arrive_expect_tx(sm.k_full(s), tile_bytes);
-                    if copies {
-                        for h in 0..halves {
-                            tile_copy(sm.k + s * tile_bytes + h as u32 * HALF, map_k, sm.k_full(s), [h * 64, row, kv_head, batch], shared);
-                        }
-                    }
-                    mbar_wait(sm.v_empty(vs), ((tile / NV) & 1) ^ 1);
-                    tmark!(tr, 13);
-                    mbar_arrive_expect_tx(sm.v_full(vs), tile_bytes);
-                    if copies {
-                        for h in 0..halves {
-                            tile_copy(sm.v + vs * tile_bytes + h as u32 * HALF, map_v, sm.v_full(vs), [h * 64, row, kv_head, batch], shared);
-                        }
-                    }
+                mbar_arrive_expect_tx(sm.k_full(s), tile_bytes);
+                for h in 0..halves {
+                    tma_load_4d(sm.k + s * tile_bytes + h as u32 * HALF, map_k, sm.k_full(s), [h * 64, row, kv_head, batch]);
                 }
-                j0 = next;
-                if shared {
-                    if let Some((w, _)) = &mut other {
-                        jp = unsafe { w.next() };
-                    }
-                }
-            } else {
-                // The other item's tile (or an item's lone `EMPTY` stage): the stage goes through
-                // the barriers with no bytes.
-                unsafe {
-                    *(shared_ptr(sm.ring(s))) = none as u32;
-                    mbar_arrive(sm.k_full(s));
-                    mbar_wait(sm.v_empty(vs), ((tile / NV) & 1) ^ 1);
-                    mbar_arrive(sm.v_full(vs));
-                }
-                if jp >= 0 {
-                    if let Some((w, _)) = &mut other {
-                        jp = unsafe { w.next() };
-                    }
+                mbar_wait(sm.v_empty(vs), ((tile / NV) & 1) ^ 1);
+                tmark!(tr, 13);
+                mbar_arrive_expect_tx(sm.v_full(vs), tile_bytes);
+                for h in 0..halves {
+                    tma_load_4d(sm.v + vs * tile_bytes + h as u32 * HALF, map_v, sm.v_full(vs), [h * 64, row, kv_head, batch]);
                 }
             }
             tile += 1;
-            none = SKIP;
+            j0 = next;
             // The next item is claimed with `CLAIM_BLOCKS_LEFT` of this one's tiles still to
             // load: the atomic's latency (~900 cycles under load) then passes while they load,
             // not between the items (a 4-tile streaming item's successor's Q went out late),
             // and a long item's successor is not held back for long (claimed at an item's
             // start, it unbalanced the longest-first schedule: perf notes, session 9, W3).
-            // Paired, rank 0 claims when both walks are that near their ends.
-            let other_near = match &other {
-                Some((w, _)) => w.blocks_left() <= CLAIM_BLOCKS_LEFT,
-                None => true,
-            };
-            if rank == 0 && ahead == NO_ITEM && walk.blocks_left() <= CLAIM_BLOCKS_LEFT && other_near {
+            if ahead == NO_ITEM && walk.blocks_left() <= CLAIM_BLOCKS_LEFT {
                 ahead = unsafe { claim_work(p.counter) };
-            }
-            if j0 < 0 && jp < 0 {
-                break;
             }
         }
         n_item += 1;
-        if !PAIRED {
-            idx = if ahead == NO_ITEM { unsafe { next_work_item(p.counter) } } else { claimed_item(ahead) };
-        } else if rank == 0 {
-            idx = claimed_pair(if ahead == NO_ITEM { unsafe { claim_work(p.counter) } } else { ahead });
-            // Mail it once rank 1 has read the last one (the first wait returns at once).
-            unsafe {
-                mbar_wait_cluster(sm.pair_read(), ((n_item - 1) & 1) ^ 1);
-                st_cluster_u32(mapa(sm.pair_word(), 1), idx);
-                mbar_arrive_cluster(mapa(sm.pair_sent(), 1));
-            }
-        } else {
-            unsafe {
-                mbar_wait_cluster(sm.pair_sent(), (n_item - 1) & 1);
-                idx = ld_shared_u32(sm.pair_word());
-                mbar_arrive_cluster(mapa(sm.pair_read(), 0));
-            }
-        }
+        idx = if ahead == NO_ITEM { unsafe { next_work_item(p.counter) } } else { claimed_item(ahead) };
         ahead = NO_ITEM;
         tmark!(tr, 14);
-    }
-}
-
-/// A K or V tile's TMA load into this CTA, or (`both`) into both CTAs of the pair.
-#[inline(always)]
-unsafe fn tile_copy(dst: u32, map: u64, bar: u32, c: [i32; 4], both: bool) {
-    unsafe {
-        if both {
-            tma_load_4d_multicast(dst, map, bar, c, 0b11);
-        } else {
-            tma_load_4d(dst, map, bar, c);
-        }
     }
 }
 
@@ -580,48 +445,19 @@ pub(crate) fn row_windows(rule: HeadRule, causal: bool, seq: &SeqInfo, i: i32) -
     [row_window(rule, causal, seq.q_len, seq.k_len, i), row_window(rule, causal, seq.q_len, seq.k_len, i + 8)]
 }
 
-/// The ring entry of an item with no key tile, or (paired) of a tile only the other CTA's item
-/// visits (ring tile `n`, no copies behind its stages in this CTA): both stages go back to the
-/// producer, the V stage once the producer has marked it full. Handed back before that, the V
-/// stage's barrier could complete a phase ahead of the producer's wait for it, which would
-/// then wait for the wrong phase.
+/// The ring entry of an item with no key tile (ring tile `n`, no copies behind its stages): both
+/// stages go back to the producer, the V stage once the producer has marked it full. Handed back
+/// before that, the V stage's barrier could complete a phase ahead of the producer's wait for
+/// it, which would then wait for the wrong phase.
 #[inline(always)]
-pub(crate) unsafe fn release_empty_tile<const NS: u32, const NV: u32, const QT: u32, const NQ: u32>(sm: Smem<NS, NV, QT, NQ>, n: u32, lane: u32, paired: bool) {
+pub(crate) unsafe fn release_empty_tile<const NS: u32, const NV: u32, const QT: u32, const NQ: u32>(sm: Smem<NS, NV, QT, NQ>, n: u32, lane: u32) {
     let vs = n % NV;
     unsafe { mbar_wait(sm.v_full(vs), (n / NV) & 1) };
     if lane == 0 {
         unsafe {
-            free_stage(sm.k_empty(n % NS), paired);
-            free_stage(sm.v_empty(vs), paired);
+            mbar_arrive(sm.k_empty(n % NS));
+            mbar_arrive(sm.v_empty(vs));
         }
-    }
-}
-
-/// An arrival on a K or V stage's "free" barrier `bar` (lane 0 of each consumer warp); paired,
-/// on the other CTA's copy too: either CTA's producer may write the stage in both.
-#[inline(always)]
-pub(crate) unsafe fn free_stage(bar: u32, paired: bool) {
-    unsafe {
-        mbar_arrive(bar);
-        if paired {
-            mbar_arrive_remote(mapa(bar, cluster_rank() ^ 1));
-        }
-    }
-}
-
-/// Waits for ring tile `*tile` and returns its entry; paired, first hands back the stages of
-/// the tiles only the other CTA's item visits (`SKIP`), moving `*tile` past them.
-#[inline(always)]
-unsafe fn take_entry<const PAIRED: bool>(sm: Smem<NS, NV, 1, NQ>, tile: &mut u32, lane: u32) -> i32 {
-    loop {
-        let s = *tile % NS;
-        unsafe { mbar_wait(sm.k_full(s), (*tile / NS) & 1) };
-        let e = unsafe { lane0_read(sm.ring(s), lane) } as i32;
-        if !PAIRED || e != SKIP {
-            return e;
-        }
-        unsafe { release_empty_tile(sm, *tile, lane, true) };
-        *tile += 1;
     }
 }
 
@@ -955,7 +791,7 @@ pub(crate) unsafe fn f32_acc_row<O: OAcc>(acc: &mut O, h: usize, scale: f32, row
 /// The two consumers are not made to take turns ("ping-pong" on named barriers, as in
 /// FlashAttention-3): measured on the H200 with split K/V rings it cost 5-20% (docs/perf-notes.md).
 #[inline(always)]
-unsafe fn consumer<E: Element + WgElement, O: OAcc, const PAIRED: bool>(p: &HopperFwdParams, sm: Smem<NS, NV, 1, NQ>, c: u32, t: u32) {
+unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperFwdParams, sm: Smem<NS, NV, 1, NQ>, c: u32, t: u32) {
     let (warp, lane) = (t / 32, t % 32);
     let row = (c * 64 + warp * 16 + lane / 4) as i32; // and row + 8
     let tile_bytes = sm.tile_bytes;
@@ -982,11 +818,12 @@ unsafe fn consumer<E: Element + WgElement, O: OAcc, const PAIRED: bool>(p: &Hopp
         tmark!(tr, 1);
         let mut r = unsafe { Rows::new(sm, qb, causal, row) };
         let mut o = O::zero();
-        let mut e = unsafe { take_entry::<PAIRED>(sm, &mut tile, lane) };
         let s = tile % NS;
+        unsafe { mbar_wait(sm.k_full(s), (tile / NS) & 1) };
         tmark!(tr, 2);
+        let mut e = unsafe { lane0_read(sm.ring(s), lane) } as i32;
         if e == EMPTY {
-            unsafe { release_empty_tile(sm, tile, lane, PAIRED) };
+            unsafe { release_empty_tile(sm, tile, lane) };
             tile += 1;
         } else {
             let mut sc = [0.0f32; 64];
@@ -996,7 +833,7 @@ unsafe fn consumer<E: Element + WgElement, O: OAcc, const PAIRED: bool>(p: &Hopp
                 keep(&mut sc);
             }
             tmark!(tr, 3);
-            unsafe { release_k(sm, s, lane, PAIRED) };
+            unsafe { release_k(sm, s, lane) };
             softmax(&mut sc, &mut r, tile_j0(e), lane, scale); // O is still zero: no rescale
             tmark!(tr, 4);
             let mut pf = pack_a::<E, 64, 32>(&sc);
@@ -1005,6 +842,7 @@ unsafe fn consumer<E: Element + WgElement, O: OAcc, const PAIRED: bool>(p: &Hopp
             tile += 1;
             loop {
                 let (vs, vph) = (cur % NV, (cur / NV) & 1);
+                let (s, ph) = (tile % NS, (tile / NS) & 1);
                 if e & LAST != 0 {
                     // The item's last P V goes with the next item's first S, if it has a tile.
                     let nqb = (n_item + 1) % NQ;
@@ -1012,8 +850,8 @@ unsafe fn consumer<E: Element + WgElement, O: OAcc, const PAIRED: bool>(p: &Hopp
                         break;
                     }
                     tmark!(tr, 9);
-                    let ne = unsafe { take_entry::<PAIRED>(sm, &mut tile, lane) };
-                    let s = tile % NS;
+                    unsafe { mbar_wait(sm.k_full(s), ph) };
+                    let ne = unsafe { lane0_read(sm.ring(s), lane) } as i32;
                     if ne == EMPTY {
                         break;
                     }
@@ -1031,7 +869,7 @@ unsafe fn consumer<E: Element + WgElement, O: OAcc, const PAIRED: bool>(p: &Hopp
                     }
                     tmark!(tr, 7);
                     if lane == 0 {
-                        unsafe { free_stage(sm.v_empty(vs), PAIRED) };
+                        unsafe { mbar_arrive(sm.v_empty(vs)) };
                     }
                     unsafe { finish_item::<E, O>(sm, qb, &mut o, &r, row, lane) };
                     tmark!(tr, 8);
@@ -1040,7 +878,7 @@ unsafe fn consumer<E: Element + WgElement, O: OAcc, const PAIRED: bool>(p: &Hopp
                         keep(&mut sc);
                     }
                     tmark!(tr, 3);
-                    unsafe { release_k(sm, s, lane, PAIRED) };
+                    unsafe { release_k(sm, s, lane) };
                     let left;
                     ((r, left), e, qb) = (unsafe { Rows::chained(sm, nqb, causal, c, row, tile_j0(ne)) }, ne, nqb);
                     softmax_first(&mut sc, &mut r, tile_j0(e), lane, scale, left); // O starts again at zero
@@ -1048,9 +886,9 @@ unsafe fn consumer<E: Element + WgElement, O: OAcc, const PAIRED: bool>(p: &Hopp
                     o = O::zero();
                     n_item += 1;
                 } else {
-                    e = unsafe { take_entry::<PAIRED>(sm, &mut tile, lane) };
-                    let s = tile % NS;
+                    unsafe { mbar_wait(sm.k_full(s), ph) };
                     tmark!(tr, 2);
+                    e = unsafe { lane0_read(sm.ring(s), lane) } as i32;
                     unsafe {
                         issue_s::<E, O>(&mut sc, dq(qb), dk(s));
                         mbar_wait(sm.v_full(vs), vph);
@@ -1064,7 +902,7 @@ unsafe fn consumer<E: Element + WgElement, O: OAcc, const PAIRED: bool>(p: &Hopp
                     // the row max and keep K and Q until that has held (S is recomputed if it
                     // did not).
                     let alpha = if e & FULL == 0 {
-                        unsafe { release_k(sm, s, lane, PAIRED) };
+                        unsafe { release_k(sm, s, lane) };
                         softmax(&mut sc, &mut r, tile_j0(e), lane, scale)
                     } else {
                         let alpha = if softmax_fast(&mut sc, &mut r, tile_j0(e), lane, scale, c) {
@@ -1078,7 +916,7 @@ unsafe fn consumer<E: Element + WgElement, O: OAcc, const PAIRED: bool>(p: &Hopp
                             }
                             softmax(&mut sc, &mut r, tile_j0(e), lane, scale)
                         };
-                        unsafe { release_k(sm, s, lane, PAIRED) };
+                        unsafe { release_k(sm, s, lane) };
                         alpha
                     };
                     tmark!(tr, 4);
@@ -1089,7 +927,7 @@ unsafe fn consumer<E: Element + WgElement, O: OAcc, const PAIRED: bool>(p: &Hopp
                     }
                     tmark!(tr, 5);
                     if lane == 0 {
-                        unsafe { free_stage(sm.v_empty(vs), PAIRED) };
+                        unsafe { mbar_arrive(sm.v_empty(vs)) };
                     }
                     if let Some(a) = alpha {
                         rescale(&mut o, a);
@@ -1110,7 +948,7 @@ unsafe fn consumer<E: Element + WgElement, O: OAcc, const PAIRED: bool>(p: &Hopp
             }
             tmark!(tr, 7);
             if lane == 0 {
-                unsafe { free_stage(sm.v_empty(vs), PAIRED) };
+                unsafe { mbar_arrive(sm.v_empty(vs)) };
             }
         }
         // Rows of an item with no tile: o = 0 (O is zero), lse = -inf (l is zero).
@@ -1124,11 +962,11 @@ unsafe fn consumer<E: Element + WgElement, O: OAcc, const PAIRED: bool>(p: &Hopp
     tr.mark_global(31);
 }
 
-/// Lane 0: K stage `s` goes back to the producer (and, paired, the other CTA's).
+/// Lane 0: K stage `s` goes back to the producer.
 #[inline(always)]
-unsafe fn release_k(sm: Smem<NS, NV, 1, NQ>, s: u32, lane: u32, paired: bool) {
+unsafe fn release_k(sm: Smem<NS, NV, 1, NQ>, s: u32, lane: u32) {
     if lane == 0 {
-        unsafe { free_stage(sm.k_empty(s), paired) };
+        unsafe { mbar_arrive(sm.k_empty(s)) };
     }
 }
 

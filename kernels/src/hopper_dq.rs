@@ -26,7 +26,7 @@ const NQ: u32 = HOPPER_DQ_Q_TILES as u32;
 #[inline(always)]
 pub unsafe fn bwd_dq_hopper<E: Element + WgElement, O: OAcc>(p: &HopperDqParams) {
     let sm = Smem::<NS, NS, 2, NQ>::new(smem_u32(dynamic_smem()), O::D);
-    specialise!(sm, CONSUMER_THREADS, producer::<O, NS, NS, 2, NQ, false>(&p.h, sm), |c, t| consumer::<E, O>(p, sm, c, t));
+    specialise!(sm, CONSUMER_THREADS, producer::<O, NS, NS, 2, NQ>(&p.h, sm), |c, t| consumer::<E, O>(p, sm, c, t));
 }
 
 /// One consumer warpgroup (`c` = 0 or 1: query rows 64c..64c + 64 of each item).
@@ -70,7 +70,7 @@ unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperDqParams, sm: Smem
             if e == EMPTY {
                 // No key tile: the rows' dQ stays 0.
                 unsafe {
-                    release_empty_tile(sm, tile, lane, false);
+                    release_empty_tile(sm, tile, lane);
                     mbar_arrive(sm.q_empty(qb));
                 }
                 tile += 1;

@@ -58,30 +58,24 @@ fwd_entries!(
     test_fwd_bf16_d128_w8 = (Bf16, d 128, threads 256, mtiles 1, keys 64, ctas 1),
 );
 
-/// Hopper forward entries (sm_90a module only): 384 threads, one CTA per SM; the `_pair` ones
-/// run as 2-CTA clusters (the cluster shape is the entry's: a plain launch makes the clusters).
+/// Hopper forward entries (sm_90a module only): 384 threads, one CTA per SM.
 #[cfg(target_feature = "sm_90a")]
 macro_rules! hopper_entries {
-    ($($name:ident, $pair:ident = ($elem:ty, d $d:literal)),* $(,)?) => {$(
+    ($($name:ident = ($elem:ty, d $d:literal)),* $(,)?) => {$(
         #[unsafe(no_mangle)]
         pub unsafe extern "gpu-kernel" fn $name(p: HopperFwdParams) {
-            unsafe { hopper::attn_fwd_hopper::<$elem, [f32; $d / 2], false>(&p) }
+            unsafe { hopper::attn_fwd_hopper::<$elem, [f32; $d / 2]>(&p) }
         }
         ptx_attrs!($name: ".maxntid 384, 1, 1", ".minnctapersm 1");
-        #[unsafe(no_mangle)]
-        pub unsafe extern "gpu-kernel" fn $pair(p: HopperFwdParams) {
-            unsafe { hopper::attn_fwd_hopper::<$elem, [f32; $d / 2], true>(&p) }
-        }
-        ptx_attrs!($pair: ".maxntid 384, 1, 1", ".minnctapersm 1", ".reqnctapercluster 2, 1, 1");
     )*};
 }
 
 #[cfg(target_feature = "sm_90a")]
 hopper_entries!(
-    attn_fwd_hopper_bf16_d64, attn_fwd_hopper_pair_bf16_d64 = (Bf16, d 64),
-    attn_fwd_hopper_bf16_d128, attn_fwd_hopper_pair_bf16_d128 = (Bf16, d 128),
-    attn_fwd_hopper_f16_d64, attn_fwd_hopper_pair_f16_d64 = (F16, d 64),
-    attn_fwd_hopper_f16_d128, attn_fwd_hopper_pair_f16_d128 = (F16, d 128),
+    attn_fwd_hopper_bf16_d64 = (Bf16, d 64),
+    attn_fwd_hopper_bf16_d128 = (Bf16, d 128),
+    attn_fwd_hopper_f16_d64 = (F16, d 64),
+    attn_fwd_hopper_f16_d128 = (F16, d 128),
 );
 
 /// Hopper backward entries (sm_90a module only): `attn_bwd_dq_hopper_*` and

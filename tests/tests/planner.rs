@@ -155,44 +155,6 @@ fn check_work_items(spec: &AttentionSpec, compact: Option<&CompactMask>) -> Resu
     Ok(())
 }
 
-/// `pair_items` holds the same items as `work_items` in pairs (an even count): every item once,
-/// but for items paired with themselves; neighbouring query blocks `2i`, `2i + 1` of a sequence
-/// and head always share a pair, and every pair fits a cluster (`pair_fits`). No pairs with
-/// block-sparse heads.
-fn check_pair_items(spec: &AttentionSpec, compact: Option<&CompactMask>) -> Result<(), TestCaseError> {
-    let counts = compact.map(|c| &c.counts[..]);
-    let single = plan::work_items(spec, counts);
-    let Some(pairs) = plan::pair_items(spec, counts) else {
-        prop_assert!(spec.patterns.iter().any(|p| matches!(p, HeadPattern::BlockSparse { .. })), "no pairs for a call without block-sparse heads");
-        return Ok(());
-    };
-    prop_assert_eq!(pairs.len() % 2, 0, "an odd pair list: {:?}", pairs);
-    let key = |it: &attn_common::WorkItem| (it.batch, it.head, it.q_block);
-    let tiles = |it: &attn_common::WorkItem| plan::visited_tiles(spec, None, it.batch as usize, it.head as usize, it.q_block as usize, BLOCK as i32);
-    let mut seen: BTreeMap<(u32, u32, u32), usize> = BTreeMap::new();
-    for p in pairs.chunks(2) {
-        let (a, b) = (&p[0], &p[1]);
-        *seen.entry(key(a)).or_default() += 1;
-        if key(b) != key(a) {
-            *seen.entry(key(b)).or_default() += 1;
-        }
-        let same = a.batch == b.batch && a.head as usize / spec.group() == b.head as usize / spec.group();
-        prop_assert!(plan::pair_fits(&tiles(a), &tiles(b), same), "pair {:?} does not fit a cluster", p);
-        if a.batch == b.batch && a.head == b.head && a.q_block != b.q_block {
-            prop_assert!(a.q_block % 2 == 0 && b.q_block == a.q_block + 1, "pair {:?} is not a block and its neighbour", p);
-        }
-    }
-    prop_assert_eq!(seen.len(), single.len(), "pair_items lists other items than work_items");
-    for it in &single {
-        prop_assert_eq!(seen.get(&key(it)).copied(), Some(1), "item {:?} not paired exactly once", key(it));
-        if it.q_block % 2 == 0 && single.iter().any(|o| (o.batch, o.head, o.q_block) == (it.batch, it.head, it.q_block + 1)) {
-            let at = pairs.iter().position(|o| key(o) == key(it)).unwrap();
-            prop_assert_eq!(key(&pairs[at ^ 1]), (it.batch, it.head, it.q_block + 1), "block {:?} not paired with its neighbour", key(it));
-        }
-    }
-    Ok(())
-}
-
 fn check_case(case: &Case) -> Result<(), TestCaseError> {
     let spec = &case.spec;
     prop_assert!(spec.validate().is_ok(), "generated spec is invalid: {:?}", spec.validate());
@@ -205,7 +167,6 @@ fn check_case(case: &Case) -> Result<(), TestCaseError> {
         None => None,
     };
     check_work_items(spec, compact.as_ref())?;
-    check_pair_items(spec, compact.as_ref())?;
     for b in 0..spec.batch() {
         let sq = spec.seq(b).q_len as usize;
         for h in 0..spec.heads_q {
@@ -240,27 +201,6 @@ proptest! {
 /// A fixed case per pattern at the awkward geometries the seed gets wrong (`semantics.md`
 /// **differs**): decoding with `Sq = 1` and `Sk` not a block multiple, `Sq > Sk` with negative
 /// diagonal blocks, a partial last query block with `Sk > Sq`.
-/// `pair_fits` counts, per CTA, the other item's stages before its first tile, after its last
-/// and between two of its tiles.
-#[test]
-fn pair_fits_bounds_the_skipped_stages() {
-    let t = |v: &[i32]| v.iter().map(|&b| 128 * b).collect::<Vec<_>>();
-    // Dense causal neighbours: one stage after the first item's last tile.
-    assert!(plan::pair_fits(&t(&[0, 1, 2]), &t(&[0, 1, 2, 3]), true));
-    // Token streaming neighbours: one stage each, at either end.
-    assert!(plan::pair_fits(&t(&[0, 4, 5, 6]), &t(&[0, 5, 6, 7]), true));
-    // Two trailing stages of the other's: no.
-    assert!(!plan::pair_fits(&t(&[0, 1]), &t(&[0, 1, 2, 3]), true));
-    // Three of the other's between two tiles: no; two: yes.
-    assert!(!plan::pair_fits(&t(&[0, 4]), &t(&[0, 1, 2, 3, 4]), true));
-    assert!(plan::pair_fits(&t(&[0, 3]), &t(&[0, 1, 2, 3]), true));
-    // Unrelated items alternate (ties: the first item's tile first).
-    assert!(plan::pair_fits(&t(&[0, 1, 2]), &t(&[0, 1, 2]), false));
-    assert!(!plan::pair_fits(&t(&[0]), &t(&[0, 1, 2]), false));
-    // An item with no tile holds no stage.
-    assert!(plan::pair_fits(&[], &t(&[0, 1, 2, 3, 4]), true));
-}
-
 #[test]
 fn visited_tiles_fixed_geometries() {
     let patterns = boundary_patterns();

@@ -57,7 +57,7 @@ fn mix(name: &str, h: usize) -> Vec<HeadPattern> {
             "token" => TokenStreaming { sink_tokens: 64, local_tokens: 256 },
             "block" => BlockStreaming { sink_blocks: 1, local_blocks: 3 },
             "sparse" => BlockSparse { mask: (i % 2) as u32 },
-            // Every pattern but block-sparse: calls the Hopper forward runs as 2-CTA clusters.
+            // Every pattern but block-sparse (formula walks only).
             "formula" => cycle.iter().copied().filter(|p| !matches!(p, BlockSparse { .. })).nth(i % 6).unwrap(),
             _ => cycle[i % cycle.len()],
         })
@@ -127,13 +127,11 @@ fn grid(quick: bool) -> Vec<Case> {
         let d = if causal { 128 } else { 64 };
         let spec = AttentionSpec::batched(1, 2048, 2048, 16, 4, d).with_causal(causal).with_patterns(mix("mixed", 16)).with_block_mask(1, 2);
         cases.push(Case { name: format!("many items {}", if causal { "causal" } else { "full" }), f16: !causal, spec, density: 0.5, packed: false, seed: 500 + i as u64, ramp: 0.0, spike: false });
-        // The same with no block-sparse head, which the Hopper forward pairs (two neighbouring
-        // query blocks per 2-CTA cluster, their shared key tiles loaded once for both).
+        // The same with formula heads only: streaming items chained behind dense ones.
         let spec = AttentionSpec::batched(1, 2048, 2048, 16, 4, d).with_causal(causal).with_patterns(mix("formula", 16));
         cases.push(Case { name: format!("many items formula {}", if causal { "causal" } else { "full" }), f16: causal, spec, density: 0.0, packed: false, seed: 510 + i as u64, ramp: 0.0, spike: false });
     }
-    // Paired, with sequences of odd block counts (their last blocks pair up or with themselves)
-    // and empty ones.
+    // Formula heads over sequences of odd block counts and empty ones, chained.
     for (i, causal) in [true, false].into_iter().enumerate() {
         let cu = vec![0, 300, 300, 1000, 1129, 2200];
         let cu_k: Vec<i32> = cu.iter().enumerate().map(|(b, &x)| x + 40 * b as i32).collect();
