@@ -57,6 +57,8 @@ fn mix(name: &str, h: usize) -> Vec<HeadPattern> {
             "token" => TokenStreaming { sink_tokens: 64, local_tokens: 256 },
             "block" => BlockStreaming { sink_blocks: 1, local_blocks: 3 },
             "sparse" => BlockSparse { mask: (i % 2) as u32 },
+            // Streaming heads only.
+            "streaming" => cycle.iter().copied().filter(|p| matches!(p, TokenStreaming { .. } | BlockStreaming { .. })).nth(i % 5).unwrap(),
             // Every pattern but block-sparse (formula walks only).
             "formula" => cycle.iter().copied().filter(|p| !matches!(p, BlockSparse { .. })).nth(i % 6).unwrap(),
             _ => cycle[i % cycle.len()],
@@ -130,6 +132,11 @@ fn grid(quick: bool) -> Vec<Case> {
         // The same with formula heads only: streaming items chained behind dense ones.
         let spec = AttentionSpec::batched(1, 2048, 2048, 16, 4, d).with_causal(causal).with_patterns(mix("formula", 16));
         cases.push(Case { name: format!("many items formula {}", if causal { "causal" } else { "full" }), f16: causal, spec, density: 0.0, packed: false, seed: 510 + i as u64, ramp: 0.0, spike: false });
+    }
+    // Streaming heads only, many items chained.
+    for (i, causal) in [true, false].into_iter().enumerate() {
+        let spec = AttentionSpec::batched(1, 2048, 2048, 16, 4, 128).with_causal(causal).with_patterns(mix("streaming", 16));
+        cases.push(Case { name: format!("many items streaming {}", if causal { "causal" } else { "full" }), f16: !causal, spec, density: 0.0, packed: false, seed: 530 + i as u64, ramp: 0.0, spike: false });
     }
     // Formula heads over sequences of odd block counts and empty ones, chained.
     for (i, causal) in [true, false].into_iter().enumerate() {
