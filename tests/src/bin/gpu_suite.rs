@@ -51,6 +51,8 @@ fn mix(name: &str, h: usize) -> Vec<HeadPattern> {
         BlockStreaming { sink_blocks: 0, local_blocks: 1 },
         TokenStreaming { sink_tokens: 0, local_tokens: 1 },
     ];
+    let streaming: Vec<HeadPattern> = cycle.iter().copied().filter(|p| matches!(p, TokenStreaming { .. } | BlockStreaming { .. })).collect();
+    let formula: Vec<HeadPattern> = cycle.iter().copied().filter(|p| !matches!(p, BlockSparse { .. })).collect();
     (0..h)
         .map(|i| match name {
             "dense" => Dense,
@@ -58,9 +60,9 @@ fn mix(name: &str, h: usize) -> Vec<HeadPattern> {
             "block" => BlockStreaming { sink_blocks: 1, local_blocks: 3 },
             "sparse" => BlockSparse { mask: (i % 2) as u32 },
             // Streaming heads only.
-            "streaming" => cycle.iter().copied().filter(|p| matches!(p, TokenStreaming { .. } | BlockStreaming { .. })).nth(i % 5).unwrap(),
+            "streaming" => streaming[i % streaming.len()],
             // Every pattern but block-sparse (formula walks only).
-            "formula" => cycle.iter().copied().filter(|p| !matches!(p, BlockSparse { .. })).nth(i % 6).unwrap(),
+            "formula" => formula[i % formula.len()],
             _ => cycle[i % cycle.len()],
         })
         .collect()
