@@ -76,11 +76,12 @@ FORMULA_MODS = {
 }
 
 
-def median_ms(fn, iters, warmup_s=0.0, cool_s=0.0):
+def median_ms(fn, iters, warmup_s=0.0, cool_s=0.0, queued=False):
     """Median of `iters` CUDA-event timings after at least 3 calls and `warmup_s` seconds of
     warm-up (--warmup-ms: long enough, ~300 ms, the clock settles under the power cap first, as
     attn-bench's --warmup-ms does), the GPU idle for `cool_s` seconds before (--cool-ms, as
-    attn-bench's)."""
+    attn-bench's). `queued` (--queued, as attn-bench's): every timed call is enqueued before any
+    time is read, so the host's work for a call overlaps the GPU's work on the one before."""
     if cool_s > 0:
         torch.cuda.synchronize()
         time.sleep(cool_s)
@@ -91,12 +92,15 @@ def median_ms(fn, iters, warmup_s=0.0, cool_s=0.0):
         if n % 4 == 0:
             torch.cuda.synchronize()
     torch.cuda.synchronize()
-    times = []
+    events = []
     for _ in range(iters):
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record(); fn(); b.record(); b.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times)
+        a.record(); fn(); b.record()
+        if not queued:
+            b.synchronize()
+        events.append((a, b))
+    torch.cuda.synchronize()
+    return statistics.median(a.elapsed_time(b) for a, b in events)
 
 
 def ordered_blocks(m):
@@ -208,6 +212,7 @@ def main():
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--warmup-ms", type=float, default=0.0, help="warm-up time before each timing (besides 3 calls)")
     ap.add_argument("--cool-ms", type=float, default=0.0, help="idle time before each workload")
+    ap.add_argument("--queued", action="store_true", help="enqueue every timed call before reading the times (as attn-bench's)")
     ap.add_argument("--only", default="", help="only workloads whose name contains this")
     ap.add_argument("--no-flex", action="store_true")
     ap.add_argument("--json", default="peers.jsonl")
@@ -241,6 +246,8 @@ def main():
             rec["warmup_ms"] = a.warmup_ms
         if a.cool_ms > 0:
             rec["cool_ms"] = a.cool_ms
+        if a.queued:
+            rec["queued"] = True
         if error is None:
             dense_flops = 4 * H * D * s * s * (0.5 if causal else 1.0)
             rec.update(ms=ms, useful_tflops=4 * D * row["visited_pairs"] / (ms * 1e9), dense_equiv_tflops=dense_flops / (ms * 1e9))
@@ -256,7 +263,7 @@ def main():
         """Times fn() and records the result, or records why it failed."""
         print(f"[causal={row['causal']} S={row['S']}] {impl} {row['workload']} ...", file=sys.stderr, flush=True)
         try:
-            record(row, impl, ms=median_ms(fn, a.iters, a.warmup_ms / 1e3, a.cool_ms / 1e3))
+            record(row, impl, ms=median_ms(fn, a.iters, a.warmup_ms / 1e3, a.cool_ms / 1e3, a.queued))
         except torch.OutOfMemoryError:
             record(row, impl, error="OOM")
         except Exception as e:  # a backend may refuse a shape; a compile may fail

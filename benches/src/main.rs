@@ -7,13 +7,19 @@
 //! of `--iters` runs. `--cool-ms N` idles the GPU N ms before each workload (peers.py too), so
 //! that each is timed from the same state rather than after whatever ran before it (a burst
 //! timing taken right after dense 32k ran ~10% slower for the streaming workloads).
+//! `--queued` enqueues every timed call (each between its own pair of events) before reading any
+//! time, as a program that does not wait for each call runs them: the host's work for a call (a
+//! Hopper call encodes its tensor maps and uploads them) then overlaps the GPU's work on the one
+//! before, and each time is the call's GPU time. By default the host waits for each call before
+//! it starts the next, so each time also holds the host's work between the first event and the
+//! launch (peers.py takes the same option).
 //! Progress goes to stderr, a table to stdout, and one JSON line per result to `--json PATH`
 //! (default bench.jsonl), written as each result comes in so that a run cut short keeps them.
 //!
 //! ```text
 //! attn-bench [--lens 1024,2048,...,131072] [--causal true|false|both] [--iters N] [--only SUBSTR|=NAME]
 //!            [--variant portable|portable-bwd|ENTRY:KEY_TILE:THREADS] [--json PATH] [--dump-masks DIR [--dump-only]]
-//!            [--bwd [--deterministic]] [--heads-kv N] [--warmup-ms N] [--cool-ms N]
+//!            [--bwd [--deterministic]] [--heads-kv N] [--warmup-ms N] [--cool-ms N] [--queued]
 //! ```
 //!
 //! `--bwd` also times forward + backward (the backward in its default, fast mode, or with
@@ -31,7 +37,8 @@
 //! (query-key pairs visited / pairs dense attention visits in the same causal mode), `kept_blocks`
 //! (the same for 128x128 blocks with at least one visible pair), `visited_pairs`, `ms`,
 //! `useful_tflops` (4·D·visited_pairs / time), `dense_equiv_tflops` (4·H·D·S², halved if causal,
-//! / time: the peers' convention), `iters`, `H_kv`, with `--bwd` `fwd_bwd_ms` and `deterministic`;
+//! / time: the peers' convention), `iters`, `H_kv`, `queued` (with `--queued`), with `--bwd`
+//! `fwd_bwd_ms` and `deterministic`;
 //! `error` instead of `ms` when a run failed or was skipped.
 use std::fs::File;
 use std::io::Write;
@@ -226,6 +233,8 @@ struct Gpu {
     warmup_s: f64,
     /// Seconds the GPU idles before each workload (`--cool-ms`).
     cool_s: f64,
+    /// Every timed call enqueued before any time is read (`--queued`).
+    queued: bool,
 }
 
 /// Device bytes one length needs: q, k, v, o (and dO, dQ, dK, dV with the backward), lse, the
@@ -273,7 +282,7 @@ impl Gpu {
             None
         };
         eprintln!("inputs for S <= {capacity} ready in {:.1} s", t0.elapsed().as_secs_f64());
-        Ok(Gpu { dev, stream, card, free, capacity, q, k, v, o, lse, grads, heads_kv: H, deterministic: false, warmup_s: 0.0, cool_s: 0.0 })
+        Ok(Gpu { dev, stream, card, free, capacity, q, k, v, o, lse, grads, heads_kv: H, deterministic: false, warmup_s: 0.0, cool_s: 0.0, queued: false })
     }
 
     /// Median ms of `iters` timed forwards after the warm-up ([`warm_up`]), the plan's work item
@@ -295,13 +304,23 @@ impl Gpu {
             std::thread::sleep(std::time::Duration::from_secs_f64(self.cool_s));
         }
         warm_up(stream, warm, &mut || attn.forward(dev, stream, &self.q, &self.k, &self.v, &mut self.o, &mut self.lse))?;
+        let queued = self.queued;
         let median = |f: &mut dyn FnMut() -> block_sparse_attn::Result<()>| -> block_sparse_attn::Result<f64> {
+            let mut events = Vec::with_capacity(iters);
             let mut times = Vec::with_capacity(iters);
             for _ in 0..iters {
                 let a = stream.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
                 f()?;
                 let b = stream.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
-                times.push(a.elapsed_ms(&b)? as f64);
+                if queued {
+                    events.push((a, b));
+                } else {
+                    times.push(a.elapsed_ms(&b)? as f64);
+                }
+            }
+            stream.synchronize()?;
+            for (a, b) in &events {
+                times.push(a.elapsed_ms(b)? as f64);
             }
             times.sort_by(f64::total_cmp);
             Ok(times[times.len() / 2])
@@ -388,11 +407,13 @@ fn run() -> block_sparse_attn::Result<()> {
     if args.iter().any(|a| a == "--help" || a == "-h") {
         println!("usage: attn-bench [--lens {DEFAULT_LENS}] [--causal true|false|both] [--iters 20] [--only SUBSTR|=NAME] [--bwd]");
         println!("                  [--variant portable|portable-bwd|ENTRY:KEY_TILE:THREADS] [--json bench.jsonl] [--dump-masks DIR [--dump-only]]");
-        println!("                  [--deterministic] [--heads-kv 32] [--warmup-ms 0] [--cool-ms 0]");
+        println!("                  [--deterministic] [--heads-kv 32] [--warmup-ms 0] [--cool-ms 0] [--queued]");
         println!("--bwd also times forward + backward (column fwd+bwd, JSON fwd_bwd_ms); --deterministic runs the backward's");
         println!("deterministic mode; --heads-kv N: 32 query heads over N key/value heads (GQA/MQA); --warmup-ms N: warm up");
         println!("at least N ms before each timing (besides 3 runs): ~300 times the sustained, power-capped rate, not the burst;");
-        println!("--cool-ms N: idle the GPU N ms before each workload, so that none is timed in the wake of the one before");
+        println!("--cool-ms N: idle the GPU N ms before each workload, so that none is timed in the wake of the one before;");
+        println!("--queued: enqueue every timed call before reading the times (each call's GPU time, the host's launch work");
+        println!("overlapped), instead of waiting for each call before the next");
         return Ok(());
     }
     let lens: Vec<usize> = arg(&args, "--lens").unwrap_or(DEFAULT_LENS).split(',').map(|s| s.trim().parse().expect("--lens")).collect();
@@ -413,6 +434,7 @@ fn run() -> block_sparse_attn::Result<()> {
     let deterministic = args.iter().any(|a| a == "--deterministic");
     let warmup_ms: f64 = arg(&args, "--warmup-ms").map_or(0.0, |s| s.parse().expect("--warmup-ms"));
     let cool_ms: f64 = arg(&args, "--cool-ms").map_or(0.0, |s| s.parse().expect("--cool-ms"));
+    let queued = args.iter().any(|a| a == "--queued");
     let heads_kv: usize = arg(&args, "--heads-kv").map_or(H, |s| s.parse().expect("--heads-kv"));
     assert!(heads_kv > 0 && H % heads_kv == 0, "--heads-kv must divide {H}");
 
@@ -422,7 +444,7 @@ fn run() -> block_sparse_attn::Result<()> {
     });
     let mut gpu = if dump_only { None } else { Some(Gpu::new(variant, &lens, bwd)?) };
     if let Some(g) = gpu.as_mut() {
-        (g.heads_kv, g.deterministic, g.warmup_s, g.cool_s) = (heads_kv, deterministic, warmup_ms / 1e3, cool_ms / 1e3);
+        (g.heads_kv, g.deterministic, g.warmup_s, g.cool_s, g.queued) = (heads_kv, deterministic, warmup_ms / 1e3, cool_ms / 1e3, queued);
     }
     let json_path = arg(&args, "--json").unwrap_or("bench.jsonl");
     let mut json = gpu.as_ref().map(|_| File::create(json_path).expect("create the --json file"));
@@ -476,6 +498,9 @@ fn run() -> block_sparse_attn::Result<()> {
                 record["iters"] = iters.into();
                 if warmup_ms > 0.0 {
                     record["warmup_ms"] = warmup_ms.into();
+                }
+                if queued {
+                    record["queued"] = true.into();
                 }
                 if cool_ms > 0.0 {
                     record["cool_ms"] = cool_ms.into();
