@@ -4,10 +4,11 @@
 //! A CTA of three warpgroups loops over work items: first item `blockIdx.x`, then the next
 //! untaken one from a global counter (the plan orders them heaviest first within groups of heads
 //! that share L2, so the short items fill the tail). Warpgroup 0 is the producer: one thread
-//! walks each item's key tiles (128 keys, one mask block) and brings Q (two slots: the next
-//! item's Q loads while this one runs) and the K/V tiles in with TMA, into rings of
-//! `HOPPER_K_STAGES` K and `HOPPER_V_STAGES` V stages guarded by mbarriers (K and V apart, so a K
-//! stage refills while its V is still in use); it keeps 40 registers. Its warp 1 is the storer:
+//! claims the items and walks each item's key tiles (128 keys, one mask block), bringing the K/V
+//! tiles in with TMA, into rings of `HOPPER_K_STAGES` K and `HOPPER_V_STAGES` V stages guarded by
+//! mbarriers (K and V apart, so a K stage refills while its V is still in use); another thread
+//! brings each claimed item's Q (two slots: the next item's Q loads while this one runs) as soon
+//! as its slot is free. The warpgroup keeps 40 registers. Its warp 1 is the storer:
 //! the consumers stage a finished item's O in the item's Q slot and the storer writes it out (TMA
 //! for whole blocks), so no consumer waits on global stores. Warpgroups 1 and 2 are the
 //! consumers, 64 query rows each, with 232 registers: S = Q Kᵀ by wgmma from shared memory, the
@@ -126,8 +127,9 @@ impl<const NS: u32, const NV: u32, const QT: u32, const NQ: u32> Smem<NS, NV, QT
     pub(crate) fn new(base: u32, d: usize) -> Self {
         // Q tiles and K/V tiles share one size and one column-block stride (`HALF`).
         const { assert!(HOPPER_ROWS == HOPPER_KEYS) };
-        // Barriers, item slots, tile ring and `o_full` fit the 1 KiB block the smem sizes reserve.
-        const { assert!(16 * (NQ + NS + NV) + 64 * NQ + 4 * NS + 8 + 8 * NQ <= 1024) };
+        // Barriers, item slots, tile ring, `o_full`, `claimed`, `taken` and the claim boxes fit
+        // the 1 KiB block the smem sizes reserve.
+        const { assert!(16 * (NQ + NS + NV) + 64 * NQ + 4 * NS + 8 + 8 * NQ + 16 * NQ + 4 * NQ <= 1024) };
         let tile_bytes = (HOPPER_KEYS * d * 2) as u32;
         let q = base;
         let k = q + NQ * QT * tile_bytes;
@@ -174,6 +176,20 @@ impl<const NS: u32, const NV: u32, const QT: u32, const NQ: u32> Smem<NS, NV, QT
     fn o_full(&self, b: u32) -> u32 {
         ((self.ring(NS) + 7) & !7) + 8 * b
     }
+    /// "The item of Q slot `b` is claimed" (the [`producer`] arrives once it has written the item's
+    /// index to [`Smem::claim_box`]; the [`q_loader`] waits).
+    fn claimed(&self, b: u32) -> u32 {
+        self.o_full(NQ) + 8 * b
+    }
+    /// "Claim box `b` is read" (the [`q_loader`] arrives; the [`producer`] waits before it
+    /// writes the box again).
+    fn taken(&self, b: u32) -> u32 {
+        self.claimed(NQ) + 8 * b
+    }
+    /// The index of the item whose Q goes to slot `b` (`>= n_items`: none is left).
+    fn claim_box(&self, b: u32) -> u32 {
+        self.taken(NQ) + 4 * b
+    }
     /// Initialises the barriers (one thread, before the CTA barrier that publishes them); a Q
     /// slot goes back to the producer after `q_release` arrivals.
     #[inline(always)]
@@ -183,6 +199,8 @@ impl<const NS: u32, const NV: u32, const QT: u32, const NQ: u32> Smem<NS, NV, QT
                 mbar_init(self.q_full(b), 1);
                 mbar_init(self.q_empty(b), q_release);
                 mbar_init(self.o_full(b), CONSUMER_THREADS);
+                mbar_init(self.claimed(b), 1);
+                mbar_init(self.taken(b), 1);
             }
             for s in 0..NS {
                 mbar_init(self.k_full(s), 1);
@@ -219,16 +237,16 @@ fn item_at(p: &HopperFwdParams, idx: u32) -> (WorkItem, SeqInfo, HeadRule) {
 
 /// The warp-specialised CTA of the persistent Hopper kernels that share this producer: thread 0
 /// initialises the barriers of `sm` (a Q slot freed by `q_release` arrivals); warpgroup 0 keeps
-/// 40 registers, its thread 0 runs `producer` and its warp 1 `storer` with `$s` (the lane) bound,
-/// where given; warpgroups 1 and 2 take 232 (40 × 128 + 232 × 256 is
+/// 40 registers, its threads 0 and 64 run `producers` with `$w` (the thread) bound ([`producer`],
+/// [`q_loader`]) and its warp 1 `storer` with `$s` (the lane) bound, where given; warpgroups 1 and 2 take 232 (40 × 128 + 232 × 256 is
 /// what the launch allocated, 168 × 384: `setmaxnreg.inc` waits for registers given back) and run
 /// `consumer` with `c` (the consumer's index) and `t` (the thread's index in it) bound. A macro,
 /// not a function taking closures: closures' captures ended up in local memory.
 macro_rules! specialise {
-    ($sm:expr, $q_release:expr, $producer:expr, |$c:ident, $t:ident| $consumer:expr) => {
-        specialise!($sm, $q_release, $producer, |_s| (), |$c, $t| $consumer)
+    ($sm:expr, $q_release:expr, |$w:ident| $producers:expr, |$c:ident, $t:ident| $consumer:expr) => {
+        specialise!($sm, $q_release, |$w| $producers, |_s| (), |$c, $t| $consumer)
     };
-    ($sm:expr, $q_release:expr, $producer:expr, |$s:ident| $storer:expr, |$c:ident, $t:ident| $consumer:expr) => {{
+    ($sm:expr, $q_release:expr, |$w:ident| $producers:expr, |$s:ident| $storer:expr, |$c:ident, $t:ident| $consumer:expr) => {{
         let tid = thread_idx();
         if tid == 0 {
             unsafe { $sm.init_barriers($q_release) };
@@ -236,8 +254,9 @@ macro_rules! specialise {
         bar_sync();
         if tid < 128 {
             unsafe { setmaxnreg_dec::<40>() };
-            if tid == 0 {
-                unsafe { $producer };
+            if tid == 0 || tid == 64 {
+                let $w = tid;
+                unsafe { $producers };
             } else if tid / 32 == 1 {
                 let $s = tid - 32;
                 $storer;
@@ -254,17 +273,27 @@ pub(crate) use specialise;
 #[inline(always)]
 pub unsafe fn attn_fwd_hopper<E: Element + WgElement, O: OAcc>(p: &HopperFwdParams) {
     let sm = Smem::<NS, NV, 1, NQ>::new(smem_u32(dynamic_smem()), O::D);
-    specialise!(sm, STORER_THREADS, producer::<O, NS, NV, 1, NQ>(p, sm), |s| unsafe { storer::<O>(p, sm, s) }, |c, t| consumer::<E, O>(p, sm, c, t));
+    specialise!(sm, STORER_THREADS, |w| producers::<O, NS, NV, 1, NQ>(p, sm, w), |s| unsafe { storer::<O>(p, sm, s) }, |c, t| consumer::<E, O>(p, sm, c, t));
 }
 
-/// One thread: for each item, Q (and dO, `QT` = 2: tensor map 3) then every key tile of its
-/// walk, through the ring.
+/// Thread 0 runs the [`producer`], thread 64 the [`q_loader`].
+#[inline(always)]
+pub(crate) unsafe fn producers<O: OAcc, const NS: u32, const NV: u32, const QT: u32, const NQ: u32>(p: &HopperFwdParams, sm: Smem<NS, NV, QT, NQ>, w: u32) {
+    if w == 0 {
+        unsafe { producer::<O, NS, NV, QT, NQ>(p, sm) }
+    } else {
+        unsafe { q_loader::<O, NS, NV, QT, NQ>(p, sm) }
+    }
+}
+
+/// One thread: claims the items (the first `blockIdx.x`, then from the global counter), hands
+/// each to the [`q_loader`] as soon as it is claimed, and brings every key tile of its walk
+/// through the ring.
 #[inline(always)]
 pub(crate) unsafe fn producer<O: OAcc, const NS: u32, const NV: u32, const QT: u32, const NQ: u32>(p: &HopperFwdParams, sm: Smem<NS, NV, QT, NQ>) {
     let maps = p.tensor_maps;
-    let (map_q, map_k, map_v) = (maps, maps + TENSOR_MAP_BYTES as u64, maps + 2 * TENSOR_MAP_BYTES as u64);
+    let (map_k, map_v) = (maps + TENSOR_MAP_BYTES as u64, maps + 2 * TENSOR_MAP_BYTES as u64);
     unsafe {
-        prefetch_tensormap(map_q);
         prefetch_tensormap(map_k);
         prefetch_tensormap(map_v);
     }
@@ -275,17 +304,15 @@ pub(crate) unsafe fn producer<O: OAcc, const NS: u32, const NV: u32, const QT: u
     let mut idx = block_idx();
     // The claim on the next item once taken during this one (`NO_ITEM`: not yet).
     let mut ahead = NO_ITEM;
+    // Whether `idx` went to the Q loader already (claimed during the item before).
+    let mut handed = false;
     #[cfg(feature = "trace")]
     let mut tr = crate::trace::Trace::new(p.counter, block_idx(), 0, true);
     loop {
+        if !handed {
+            unsafe { hand_over(sm, n_item, idx) };
+        }
         if idx >= p.n_items {
-            // Tell the consumers, once they are done with the last Q tile.
-            unsafe {
-                let b = n_item % NQ;
-                mbar_wait(sm.q_empty(b), ((n_item / NQ) & 1) ^ 1);
-                st_shared_u32(sm.item(b), NO_ITEM);
-                mbar_arrive(sm.q_full(b));
-            }
             break;
         }
         let (item, seq, rule) = item_at(p, idx);
@@ -302,22 +329,6 @@ pub(crate) unsafe fn producer<O: OAcc, const NS: u32, const NV: u32, const QT: u
         let mut walk = unsafe { item_walk(f, &item, rule, span, BK) };
         let batch = if p.packed != 0 { 0 } else { item.batch as i32 };
         let kv_head = (item.head / f.group) as i32;
-        unsafe {
-            // The slot's barrier address recomputed from the base (`opaque`): held across the
-            // item's tiles, it was what the 40-register producer spilled at D = 64.
-            let b = n_item % NQ;
-            let slot = Smem::<NS, NV, QT, NQ>::new(opaque(sm.q), O::D);
-            mbar_wait(slot.q_empty(b), ((n_item / NQ) & 1) ^ 1);
-            tmark!(tr, 11);
-            write_item(sm.item(b), ItemInfo { idx, item, seq, rule });
-            mbar_arrive_expect_tx(sm.q_full(b), QT * (HOPPER_ROWS * O::D * 2) as u32);
-            for t in 0..QT {
-                let map = if t == 0 { map_q } else { maps + 3 * TENSOR_MAP_BYTES as u64 };
-                for h in 0..halves {
-                    tma_load_4d(sm.q(b, t) + h as u32 * HALF, map, sm.q_full(b), [h * 64, seq.q_start + i0, item.head as i32, batch]);
-                }
-            }
-        }
         let mut j0 = unsafe { walk.next() };
         if j0 < 0 {
             let (s, vs) = (tile % NS, tile % NV);
@@ -354,18 +365,80 @@ pub(crate) unsafe fn producer<O: OAcc, const NS: u32, const NV: u32, const QT: u
             tile += 1;
             j0 = next;
             // The next item is claimed with `CLAIM_BLOCKS_LEFT` of this one's tiles still to
-            // load: the atomic's latency (~900 cycles under load) then passes while they load,
-            // not between the items (a 4-tile streaming item's successor's Q went out late),
-            // and a long item's successor is not held back for long (claimed at an item's
-            // start, it unbalanced the longest-first schedule: perf notes, session 9, W3).
+            // load: the atomic's latency (~900 cycles under load) then passes while the producer
+            // would wait for a stage anyway, not between the items (a 4-tile streaming item's
+            // successor's Q went out late), and a long item's successor is not held back for
+            // long (claimed at an item's start, it unbalanced the longest-first schedule: perf
+            // notes, session 9, W3). Its Q goes out while this item's last tiles load.
             if ahead == NO_ITEM && walk.blocks_left() <= CLAIM_BLOCKS_LEFT {
                 ahead = unsafe { claim_work(p.counter) };
+                unsafe { hand_over(sm, n_item + 1, claimed_item(ahead)) };
             }
         }
         n_item += 1;
-        idx = if ahead == NO_ITEM { unsafe { next_work_item(p.counter) } } else { claimed_item(ahead) };
+        handed = ahead != NO_ITEM;
+        idx = if handed { claimed_item(ahead) } else { unsafe { next_work_item(p.counter) } };
         ahead = NO_ITEM;
         tmark!(tr, 14);
+    }
+}
+
+/// The producer's `n_item`-th item (index `idx`, `>= n_items` for none) goes to the [`q_loader`],
+/// once the loader has read what the box held before. (Items of one tile or none let the
+/// producer run two items ahead of the loader.)
+#[inline(always)]
+unsafe fn hand_over<const NS: u32, const NV: u32, const QT: u32, const NQ: u32>(sm: Smem<NS, NV, QT, NQ>, n_item: u32, idx: u32) {
+    let b = n_item % NQ;
+    unsafe {
+        mbar_wait(sm.taken(b), ((n_item / NQ) & 1) ^ 1);
+        st_shared_u32(sm.claim_box(b), idx);
+        mbar_arrive(sm.claimed(b));
+    }
+}
+
+/// One thread: for each item the [`producer`] hands over, once its Q slot is free, publishes the
+/// item's description there and brings its Q (and dO, `QT` = 2: tensor map 3); `NO_ITEM` once
+/// none is left. Apart from the producer, so that an item's Q goes out as soon as the item is
+/// claimed, not after the K / V tiles of the item before (each waits for a free stage): a token
+/// streaming item's Q landed after the consumers were ready for it (perf notes, session 11).
+#[inline(always)]
+pub(crate) unsafe fn q_loader<O: OAcc, const NS: u32, const NV: u32, const QT: u32, const NQ: u32>(p: &HopperFwdParams, sm: Smem<NS, NV, QT, NQ>) {
+    let maps = p.tensor_maps;
+    unsafe { prefetch_tensormap(maps) };
+    let halves = (O::D / 64) as i32;
+    let mut n_item = 0u32;
+    loop {
+        let b = n_item % NQ;
+        let phase = (n_item / NQ) & 1;
+        let idx = unsafe {
+            mbar_wait(sm.claimed(b), phase);
+            let idx = ld_shared_u32(sm.claim_box(b));
+            mbar_arrive(sm.taken(b));
+            idx
+        };
+        unsafe { mbar_wait(sm.q_empty(b), phase ^ 1) };
+        if idx >= p.n_items {
+            // Tell the consumers, once they are done with the slot.
+            unsafe {
+                st_shared_u32(sm.item(b), NO_ITEM);
+                mbar_arrive(sm.q_full(b));
+            }
+            break;
+        }
+        let (item, seq, rule) = item_at(p, idx);
+        let batch = if p.packed != 0 { 0 } else { item.batch as i32 };
+        let i0 = item.q_block as i32 * BLK;
+        unsafe {
+            write_item(sm.item(b), ItemInfo { idx, item, seq, rule });
+            mbar_arrive_expect_tx(sm.q_full(b), QT * (HOPPER_ROWS * O::D * 2) as u32);
+            for t in 0..QT {
+                let map = if t == 0 { maps } else { maps + 3 * TENSOR_MAP_BYTES as u64 };
+                for h in 0..halves {
+                    tma_load_4d(sm.q(b, t) + h as u32 * HALF, map, sm.q_full(b), [h * 64, seq.q_start + i0, item.head as i32, batch]);
+                }
+            }
+        }
+        n_item += 1;
     }
 }
 
@@ -844,30 +917,39 @@ unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperFwdParams, sm: Sme
                 let (vs, vph) = (cur % NV, (cur / NV) & 1);
                 let (s, ph) = (tile % NS, (tile / NS) & 1);
                 if e & LAST != 0 {
-                    // The item's last P V goes with the next item's first S, if it has a tile.
+                    // The item's last P V goes out before the wait for the next item (its Q and
+                    // first K tile), which it then overlaps; the next item's first S follows it,
+                    // if that item has a tile.
                     let nqb = (n_item + 1) % NQ;
-                    if !unsafe { item_ready(sm, n_item + 1, lane) } {
-                        break;
-                    }
-                    tmark!(tr, 9);
-                    unsafe { mbar_wait(sm.k_full(s), ph) };
-                    let ne = unsafe { lane0_read(sm.ring(s), lane) } as i32;
-                    if ne == EMPTY {
-                        break;
-                    }
-                    // P V first: the item's output is written while S runs, and neither O nor
-                    // P is live through the softmax (in the other order they spilled).
-                    tmark!(tr, 1);
                     unsafe {
                         mbar_wait(sm.v_full(vs), vph);
                         tmark!(tr, 6);
                         issue_pv::<E, O>(&mut o, &mut pf, dv(vs));
-                        issue_s::<E, O>(&mut sc, dq(nqb), dk(s));
-                        wgmma::wait::<1>(); // P V is done (groups complete in order)
+                    }
+                    // Voted: a branch ptxas cannot prove warp-uniform, with a product in
+                    // flight, would serialise every wgmma of the kernel.
+                    let ready = vote_any(unsafe { item_ready(sm, n_item + 1, lane) });
+                    let mut ne = EMPTY;
+                    if ready {
+                        tmark!(tr, 9);
+                        unsafe { mbar_wait(sm.k_full(s), ph) };
+                        ne = unsafe { lane0_read(sm.ring(s), lane) } as i32;
+                    }
+                    let chain = vote_any(ne != EMPTY);
+                    unsafe {
+                        wgmma::wait::<0>();
                         keep(&mut o);
                         keep(&mut pf);
                     }
                     tmark!(tr, 7);
+                    if !chain {
+                        // No next item, or one with no tile.
+                        break;
+                    }
+                    // The item's output is written while the next item's S runs (neither O nor
+                    // P is live through that item's first softmax: the other order spilled).
+                    tmark!(tr, 1);
+                    unsafe { issue_s::<E, O>(&mut sc, dq(nqb), dk(s)) };
                     if lane == 0 {
                         unsafe { mbar_arrive(sm.v_empty(vs)) };
                     }
@@ -937,15 +1019,7 @@ unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperFwdParams, sm: Sme
                 cur = tile;
                 tile += 1;
             }
-            // The item's last P V with nothing beside it: no next item, or one with no tile.
-            let (vs, vph) = (cur % NV, (cur / NV) & 1);
-            unsafe {
-                mbar_wait(sm.v_full(vs), vph);
-                tmark!(tr, 6);
-                issue_pv::<E, O>(&mut o, &mut pf, dv(vs));
-                wgmma::wait::<0>();
-                keep(&mut o);
-            }
+            let vs = cur % NV;
             tmark!(tr, 7);
             if lane == 0 {
                 unsafe { mbar_arrive(sm.v_empty(vs)) };

@@ -16,7 +16,7 @@ use crate::arch::sync::{bar_sync, opaque, thread_idx};
 use crate::arch::tma::{mbar_arrive, mbar_wait, setmaxnreg_dec, setmaxnreg_inc};
 use crate::arch::wgmma::{self, WgElement, desc, keep};
 use crate::bwd::lse2;
-use crate::hopper::{CONSUMER_THREADS, EMPTY, HALF, ItemInfo, LAST, OAcc, Smem, issue_pv, issue_s, lane0_read, mask_tile, next_item, pack_a, producer, release_empty_tile, release_k_q, row_windows, specialise, store_acc_row, tile_j0};
+use crate::hopper::{CONSUMER_THREADS, EMPTY, HALF, ItemInfo, LAST, OAcc, Smem, issue_pv, issue_s, lane0_read, mask_tile, next_item, pack_a, producers, release_empty_tile, release_k_q, row_windows, specialise, store_acc_row, tile_j0};
 use crate::item::{elem_offset, lse_index};
 
 const NS: u32 = HOPPER_DQ_STAGES as u32;
@@ -26,7 +26,7 @@ const NQ: u32 = HOPPER_DQ_Q_TILES as u32;
 #[inline(always)]
 pub unsafe fn bwd_dq_hopper<E: Element + WgElement, O: OAcc>(p: &HopperDqParams) {
     let sm = Smem::<NS, NS, 2, NQ>::new(smem_u32(dynamic_smem()), O::D);
-    specialise!(sm, CONSUMER_THREADS, producer::<O, NS, NS, 2, NQ>(&p.h, sm), |c, t| consumer::<E, O>(p, sm, c, t));
+    specialise!(sm, CONSUMER_THREADS, |w| producers::<O, NS, NS, 2, NQ>(&p.h, sm, w), |c, t| consumer::<E, O>(p, sm, c, t));
 }
 
 /// One consumer warpgroup (`c` = 0 or 1: query rows 64c..64c + 64 of each item).
