@@ -238,10 +238,11 @@ fn item_at(p: &HopperFwdParams, idx: u32) -> (WorkItem, SeqInfo, HeadRule) {
 /// The warp-specialised CTA of the persistent Hopper kernels that share this producer: thread 0
 /// initialises the barriers of `sm` (a Q slot freed by `q_release` arrivals); warpgroup 0 keeps
 /// 40 registers, its threads 0 and 64 run `producers` with `$w` (the thread) bound ([`producer`],
-/// [`q_loader`]) and its warp 1 `storer` with `$s` (the lane) bound, where given; warpgroups 1 and 2 take 232 (40 × 128 + 232 × 256 is
-/// what the launch allocated, 168 × 384: `setmaxnreg.inc` waits for registers given back) and run
-/// `consumer` with `c` (the consumer's index) and `t` (the thread's index in it) bound. A macro,
-/// not a function taking closures: closures' captures ended up in local memory.
+/// [`q_loader`]) and its warp 1 `storer` with `$s` (the lane) bound, where given; warpgroups 1
+/// and 2 take 232 (40 × 128 + 232 × 256 is what the launch allocated, 168 × 384:
+/// `setmaxnreg.inc` waits for registers given back) and run `consumer` with `c` (the consumer's
+/// index) and `t` (the thread's index in it) bound. A macro, not a function taking closures:
+/// closures' captures ended up in local memory.
 macro_rules! specialise {
     ($sm:expr, $q_release:expr, |$w:ident| $producers:expr, |$c:ident, $t:ident| $consumer:expr) => {
         specialise!($sm, $q_release, |$w| $producers, |_s| (), |$c, $t| $consumer)
