@@ -8,21 +8,21 @@ Build and run (the file is rewritten after every launch, so time one workload pe
     python3 benches/trace_report.py /tmp/token.bin
 
 Layout (kernels/src/trace.rs; EVENTS is TRACE_EVENTS in common/src/abi.rs): per CTA, per role
-(producer, consumer 0, consumer 1), EVENTS 64-bit words `(code << 56) | time`; time is the SM's clock64 but for codes 30 / 31 (consumer
-start / end, %globaltimer in ns, the end always in the list's last word). The report gives, per
-role, the mean cycles between consecutive events (where an item's time goes), the time from the
-producer's Q load to the consumers' start of the item (the Q load's latency), and the spread of
-the CTAs' end times (the tail). Needs numpy.
+(producer, consumer 0, consumer 1, Q loader), EVENTS 64-bit words `(code << 56) | time`; time is
+the SM's clock64 but for codes 30 / 31 (consumer start / end, %globaltimer in ns, the end always
+in the list's last word). The report gives, per role, the mean cycles between consecutive events
+(where an item's time goes), the time from the Q loader's issue to the consumers' start of the
+item (the Q load's latency), and the spread of the CTAs' end times (the tail). Needs numpy.
 """
 import sys
 
 import numpy as np
 
 EVENTS = 16384
-ROLES = 3
+ROLES = 4
 NAMES = {
     1: "item", 2: "kfull", 3: "Sdone", 4: "smax", 5: "PVdone", 6: "vfull", 7: "lastPV", 8: "epi", 9: "nextQ",
-    10: "p_item", 11: "p_qempty", 12: "p_kempty", 13: "p_vempty", 14: "p_atomic",
+    10: "p_item", 11: "q_issue", 12: "p_kempty", 13: "p_vempty", 14: "p_atomic",
     20: "mask", 21: "max", 22: "exps", 30: "start", 31: "end",
 }
 CYCLE_CODES = set(NAMES) - {30, 31}
@@ -70,7 +70,7 @@ def report(path):
                   f"mean {s / n:7.0f}  {100 * s / total:5.1f}%  per item {s / max(items, 1):7.0f}")
     lat, starts, ends = [], [], []
     for cta in range(a.shape[0]):
-        pc, pt = split(a[cta, 0])
+        pc, pt = split(a[cta, 3])
         cc, ct = split(a[cta, 1])
         issued, landed = pt[pc == 11], ct[cc == 1]
         n = min(len(issued), len(landed))
@@ -80,7 +80,7 @@ def report(path):
             ends.append(ct[cc == 31][-1])
     if lat:
         p = np.percentile(lat, [5, 50, 95]).astype(int)
-        print(f" Q load (producer's issue -> consumers start the item): cycles p5 {p[0]} median {p[1]} p95 {p[2]}")
+        print(f" Q load (the loader's issue -> consumers start the item): cycles p5 {p[0]} median {p[1]} p95 {p[2]}")
     if ends:
         starts, ends = np.array(starts), np.array(ends)
         span = ends.max() - starts.min()

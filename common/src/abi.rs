@@ -246,10 +246,10 @@ pub const HOPPER_Q_TILES: usize = 2;
 pub const HOPPER_THREADS: u32 = 384;
 
 /// The profiling build's probe lists (kernels' `trace`, host `ATTN_TRACE`): words per (CTA,
-/// role) list, and the roles (producer, consumer 0, consumer 1). They follow the work counter's
-/// 16 bytes.
+/// role) list, and the roles (producer, consumer 0, consumer 1, Q loader). They follow the work
+/// counter's 16 bytes.
 pub const TRACE_EVENTS: u32 = 16384;
-pub const TRACE_ROLES: u32 = 3;
+pub const TRACE_ROLES: u32 = 4;
 /// Bytes of one `CUtensorMap`.
 pub const TENSOR_MAP_BYTES: usize = 128;
 

@@ -29,7 +29,7 @@ use crate::arch::global::{red_add_f32, st_global_v4};
 use crate::arch::math::{exp2, fma, log2, rcp};
 use crate::arch::mma::Element;
 use crate::arch::smem::{dynamic_smem, fence_proxy_async_shared, ld_shared_u32, ld_shared_v4, smem_u32, st_shared_u32, st_shared_v4, stmatrix_x4};
-use crate::arch::sync::{bar_any, bar_sync, block_idx, claim_work, claimed_item, next_work_item, opaque, quad_transpose, shfl_idx, shfl_xor, thread_idx, vote_any};
+use crate::arch::sync::{bar_any, bar_sync, block_idx, next_work_item, opaque, quad_transpose, shfl_idx, shfl_xor, thread_idx, vote_any};
 use crate::arch::tma::{fence_mbar_init, mbar_arrive, mbar_arrive_expect_tx, mbar_init, mbar_wait, prefetch_tensormap, setmaxnreg_dec, setmaxnreg_inc, tma_load_4d, tma_store_4d, bulk_wait_read};
 use crate::arch::wgmma::{self, Keep, WgElement, desc, keep};
 use crate::item::{self, elem_offset, head_rule, item_walk, lse_index};
@@ -302,17 +302,15 @@ pub(crate) unsafe fn producer<O: OAcc, const NS: u32, const NV: u32, const QT: u
     let tile_bytes = sm.tile_bytes;
     let mut tile = 0u32;
     let mut n_item = 0u32;
+    // Every item goes to the Q loader as it is claimed.
     let mut idx = block_idx();
-    // The claim on the next item once taken during this one (`NO_ITEM`: not yet).
+    unsafe { hand_over(sm, 0, idx) };
+    // The next item once claimed during this one (`NO_ITEM`: not yet).
     let mut ahead = NO_ITEM;
-    // Whether `idx` went to the Q loader already (claimed during the item before).
-    let mut handed = false;
+    // Probes in the forward only: the host reserves their lists for it alone.
     #[cfg(feature = "trace")]
-    let mut tr = crate::trace::Trace::new(p.counter, block_idx(), 0, true);
+    let mut tr = crate::trace::Trace::new(p.counter, block_idx(), 0, QT == 1);
     loop {
-        if !handed {
-            unsafe { hand_over(sm, n_item, idx) };
-        }
         if idx >= p.n_items {
             break;
         }
@@ -372,14 +370,17 @@ pub(crate) unsafe fn producer<O: OAcc, const NS: u32, const NV: u32, const QT: u
             // long (claimed at an item's start, it unbalanced the longest-first schedule: perf
             // notes, session 9, W3). Its Q goes out while this item's last tiles load.
             if ahead == NO_ITEM && walk.blocks_left() <= CLAIM_BLOCKS_LEFT {
-                ahead = unsafe { claim_work(p.counter) };
-                unsafe { hand_over(sm, n_item + 1, claimed_item(ahead)) };
+                ahead = unsafe { next_work_item(p.counter) };
+                unsafe { hand_over(sm, n_item + 1, ahead) };
             }
         }
         n_item += 1;
-        handed = ahead != NO_ITEM;
-        idx = if handed { claimed_item(ahead) } else { unsafe { next_work_item(p.counter) } };
-        ahead = NO_ITEM;
+        if ahead == NO_ITEM {
+            // An item with no tile claims its successor here.
+            ahead = unsafe { next_work_item(p.counter) };
+            unsafe { hand_over(sm, n_item, ahead) };
+        }
+        (idx, ahead) = (ahead, NO_ITEM);
         tmark!(tr, 14);
     }
 }
@@ -408,6 +409,8 @@ pub(crate) unsafe fn q_loader<O: OAcc, const NS: u32, const NV: u32, const QT: u
     unsafe { prefetch_tensormap(maps) };
     let halves = (O::D / 64) as i32;
     let mut n_item = 0u32;
+    #[cfg(feature = "trace")]
+    let mut tr = crate::trace::Trace::new(p.counter, block_idx(), 3, QT == 1);
     loop {
         let b = n_item % NQ;
         let phase = (n_item / NQ) & 1;
@@ -426,9 +429,13 @@ pub(crate) unsafe fn q_loader<O: OAcc, const NS: u32, const NV: u32, const QT: u
             }
             break;
         }
+        // The item's tables are read here and again by the producer for its walk: the producer
+        // claims an item while the one before still holds its 40 registers, too few to carry the
+        // description over to the loader too.
         let (item, seq, rule) = item_at(p, idx);
         let batch = if p.packed != 0 { 0 } else { item.batch as i32 };
         let i0 = item.q_block as i32 * BLK;
+        tmark!(tr, 11);
         unsafe {
             write_item(sm.item(b), ItemInfo { idx, item, seq, rule });
             mbar_arrive_expect_tx(sm.q_full(b), QT * (HOPPER_ROWS * O::D * 2) as u32);
@@ -1021,7 +1028,6 @@ unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperFwdParams, sm: Sme
                 tile += 1;
             }
             let vs = cur % NV;
-            tmark!(tr, 7);
             if lane == 0 {
                 unsafe { mbar_arrive(sm.v_empty(vs)) };
             }

@@ -117,36 +117,19 @@ pub fn syncwarp() {
     unsafe { asm!("bar.warp.sync 0xffffffff;", options(nostack)) };
 }
 
-/// `atom.global.add.u32 [counter], 1` by lane 0 (0 elsewhere): a claim on a persistent grid's
-/// next work item, returned raw so that the atomic's latency passes while the caller works on
-/// (its first use waits for it); [`claimed_item`] names the item. For a single-thread caller:
-/// the lane predicate keeps ptxas from turning the atomic into a warp-aggregated one, whose
-/// result shuffle would wait for the atomic at once.
+/// The next work item of a persistent grid: `gridDim.x + counter++` (`atom.global.add.u32` on a
+/// counter zeroed at launch), the first `gridDim.x` items being the CTAs' `blockIdx.x`. Lane 0
+/// only: for a single-thread caller, the lane predicate keeps ptxas from turning the atomic into a
+/// warp-aggregated one, whose result shuffle waits for the atomic at once.
 #[inline(always)]
-pub unsafe fn claim_work(counter: u64) -> u32 {
-    let claim: u32;
-    unsafe {
-        asm!("{{ .reg .pred q; .reg .u32 l; mov.u32 l, %laneid; setp.eq.u32 q, l, 0; mov.u32 {0}, 0; @q atom.global.add.u32 {0}, [{1}], 1; }}",
-             out(reg32) claim, in(reg64) counter, options(nostack))
-    };
-    claim
-}
-
-/// The work item that claim `claim` of [`claim_work`] gives: `gridDim.x + claim` (as
-/// [`next_work_item`]).
-#[inline(always)]
-pub fn claimed_item(claim: u32) -> u32 {
+pub unsafe fn next_work_item(counter: u64) -> u32 {
     let idx: u32;
     // `%nctaid.x` read here rather than through `grid_dim`: hoisted out of the producer's loop,
     // it held a register the 40-register producer had to spill.
-    unsafe { asm!("{{ .reg .u32 g; mov.u32 g, %nctaid.x; add.u32 {0}, {1}, g; }}", out(reg32) idx, in(reg32) claim, options(pure, nomem, nostack)) };
+    unsafe {
+        asm!("{{ .reg .pred q; .reg .u32 l, g; mov.u32 l, %laneid; setp.eq.u32 q, l, 0; mov.u32 {0}, 0; \
+              @q atom.global.add.u32 {0}, [{1}], 1; mov.u32 g, %nctaid.x; add.u32 {0}, {0}, g; }}",
+             out(reg32) idx, in(reg64) counter, options(nostack))
+    };
     idx
-}
-
-/// The next work item of a persistent grid: `gridDim.x + counter++` (`atom.global.add.u32` on a
-/// counter zeroed at launch), the first `gridDim.x` items being the CTAs' `blockIdx.x`. Lane 0
-/// only (see [`claim_work`]).
-#[inline(always)]
-pub unsafe fn next_work_item(counter: u64) -> u32 {
-    claimed_item(unsafe { claim_work(counter) })
 }
