@@ -29,7 +29,7 @@ use crate::arch::global::{red_add_f32, st_global_v4};
 use crate::arch::math::{exp2, fma, log2, rcp};
 use crate::arch::mma::Element;
 use crate::arch::smem::{dynamic_smem, fence_proxy_async_shared, ld_shared_u32, ld_shared_v4, smem_u32, st_shared_u32, st_shared_v4, stmatrix_x4};
-use crate::arch::sync::{bar_any, bar_sync, block_idx, next_work_item, opaque, quad_transpose, shfl_idx, shfl_xor, thread_idx, vote_any};
+use crate::arch::sync::{bar_any, bar_sync, block_idx, next_work_item, opaque, quad_transpose, shfl_idx, shfl_xor, thread_idx, vote_any, warp_uniform};
 use crate::arch::tma::{fence_mbar_init, mbar_arrive, mbar_arrive_expect_tx, mbar_init, mbar_wait, prefetch_tensormap, setmaxnreg_dec, setmaxnreg_inc, tma_load_4d, tma_store_4d, bulk_wait_read};
 use crate::arch::wgmma::{self, Keep, WgElement, desc, keep};
 use crate::item::{self, elem_offset, head_rule, item_walk, lse_index};
@@ -877,9 +877,10 @@ unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperFwdParams, sm: Sme
     let row = (c * 64 + warp * 16 + lane / 4) as i32; // and row + 8
     let tile_bytes = sm.tile_bytes;
     // Descriptors of this warpgroup's Q rows, stage 0's K and V; stages add byte offsets / 16.
-    let dq = |b: u32| desc(sm.q(b, 0) + c * (64 * 128), 16, 1024);
-    let dk = |s: u32| desc(sm.k, 16, 1024) + ((s * tile_bytes) as u64 >> 4);
-    let dv = |s: u32| desc(sm.v, HALF, 1024) + ((s * tile_bytes) as u64 >> 4);
+    // Uniform for ptxas (`warp_uniform`): the products then issue back to back.
+    let dq = |b: u32| desc(warp_uniform(sm.q(b, 0) + c * (64 * 128)), 16, 1024);
+    let dk = |s: u32| desc(sm.k, 16, 1024) + ((warp_uniform(s) * tile_bytes) as u64 >> 4);
+    let dv = |s: u32| desc(sm.v, HALF, 1024) + ((warp_uniform(s) * tile_bytes) as u64 >> 4);
     let scale = p.f.scale_log2;
     let causal = p.f.causal != 0;
     // Ring tiles taken: tile `n` is in K stage n % NS and V stage n % NV.

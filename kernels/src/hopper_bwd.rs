@@ -27,7 +27,7 @@ use attn_common::{
 use crate::arch::math::{exp2, fma};
 use crate::arch::mma::Element;
 use crate::arch::smem::{dynamic_smem, ld_shared_u32, smem_u32};
-use crate::arch::sync::{bar_sync, block_idx, next_work_item, opaque, thread_idx};
+use crate::arch::sync::{bar_sync, block_idx, next_work_item, thread_idx, warp_uniform};
 use crate::arch::tma::{fence_mbar_init, mbar_arrive, mbar_arrive_expect_tx, mbar_init, mbar_wait, prefetch_tensormap, setmaxnreg_dec, setmaxnreg_inc, tma_load_4d};
 use crate::arch::wgmma::{self, WgElement, desc, keep};
 use crate::bwd::{dkdv_part_offset, lse2};
@@ -359,10 +359,11 @@ unsafe fn stage_word(sm: Smem, tile: u32) -> (u32, u32, u32) {
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile_products<E: Element + WgElement, O: OAcc>(sm: Smem, s: u32, side: u32, word: u32, key: i32, scale: f32, c: u32, lane: u32, dk: &mut O, dv: &mut O) {
     {
-        let (q_s, do_s) = (sm.q(s), sm.d_o(s));
-        // Built in the loop from an opaque value: hoisted, the 16 descriptors of the K and V
-        // steps would be held (and spilled) across it.
-        let c_off = opaque(c) * 64 * 128;
+        // Uniform for ptxas (`warp_uniform`): the products then issue back to back.
+        let (q_s, do_s) = (warp_uniform(sm.q(s)), warp_uniform(sm.d_o(s)));
+        // Built in the loop from an opaque value (`warp_uniform` is one): hoisted, the 16
+        // descriptors of the K and V steps would be held (and spilled) across it.
+        let c_off = warp_uniform(c) * 64 * 128;
         let (da_k, da_v) = (desc(sm.k + c_off, 16, 1024), desc(sm.v + c_off, 16, 1024));
         let mut st = [0.0f32; 32];
         let mut dp = [0.0f32; 32];

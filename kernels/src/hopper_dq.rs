@@ -12,7 +12,7 @@ use attn_common::{BLK, HOPPER_DQ_Q_TILES, HOPPER_DQ_STAGES, HopperDqParams};
 use crate::arch::math::{exp2, fma};
 use crate::arch::mma::Element;
 use crate::arch::smem::{dynamic_smem, smem_u32};
-use crate::arch::sync::{bar_sync, opaque, thread_idx};
+use crate::arch::sync::{bar_sync, thread_idx, warp_uniform};
 use crate::arch::tma::{mbar_arrive, mbar_wait, setmaxnreg_dec, setmaxnreg_inc};
 use crate::arch::wgmma::{self, WgElement, desc, keep};
 use crate::bwd::lse2;
@@ -37,9 +37,10 @@ unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperDqParams, sm: Smem
     let f = &p.h.f;
     let tile_bytes = sm.tile_bytes;
     // K and V read K-major (as B of S and dP) and K read MN-major (as B of dQ), per stage.
-    let dk = |s: u32| desc(sm.k, 16, 1024) + ((s * tile_bytes) as u64 >> 4);
-    let dv = |s: u32| desc(sm.v, 16, 1024) + ((s * tile_bytes) as u64 >> 4);
-    let dk_mn = |s: u32| desc(sm.k, HALF, 1024) + ((s * tile_bytes) as u64 >> 4);
+    // Uniform for ptxas (`warp_uniform`): the products then issue back to back.
+    let dk = |s: u32| desc(sm.k, 16, 1024) + ((warp_uniform(s) * tile_bytes) as u64 >> 4);
+    let dv = |s: u32| desc(sm.v, 16, 1024) + ((warp_uniform(s) * tile_bytes) as u64 >> 4);
+    let dk_mn = |s: u32| desc(sm.k, HALF, 1024) + ((warp_uniform(s) * tile_bytes) as u64 >> 4);
     let scale = f.scale_log2;
     let causal = f.causal != 0;
     let mut tile = 0u32;
@@ -77,10 +78,10 @@ unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperDqParams, sm: Smem
                 break;
             }
             tile += 1;
-            // Built per tile from an opaque value: hoisted out of the loop, the descriptors of
-            // every step would be held (and spilled) across it.
-            let c_off = opaque(c) * (64 * 128);
-            let (da_q, da_do) = (desc(sm.q(qb, 0) + c_off, 16, 1024), desc(sm.q(qb, 1) + c_off, 16, 1024));
+            // Built per tile from an opaque value (`warp_uniform` is one): hoisted out of the
+            // loop, the descriptors of every step would be held (and spilled) across it.
+            let (q0, q1) = (warp_uniform(sm.q(qb, 0) + c * (64 * 128)), warp_uniform(sm.q(qb, 1) + c * (64 * 128)));
+            let (da_q, da_do) = (desc(q0, 16, 1024), desc(q1, 16, 1024));
             let mut sc = [0.0f32; 64];
             let mut dp = [0.0f32; 64];
             unsafe {

@@ -110,6 +110,17 @@ pub fn shfl_idx(v: u32, src: u32) -> u32 {
     r
 }
 
+/// `shfl.sync.idx.b32` from lane 0 of a value every lane already holds: ptxas then knows it to
+/// be warp-uniform and keeps what is derived from it in uniform registers. Wgmma descriptors
+/// built from a stage or slot index it could not prove uniform (loop-carried through branches
+/// on shared-memory words) went through regular registers and two `R2UR` before every product,
+/// which then issued one at a time; built from this, the descriptor steps are `UIADD3`s and the
+/// products issue back to back. Call it from converged code.
+#[inline(always)]
+pub fn warp_uniform(v: u32) -> u32 {
+    shfl_idx(v, 0)
+}
+
 /// `bar.warp.sync 0xffffffff`: the warp's lanes meet; their memory accesses before it are
 /// ordered before any lane's after it (so one lane's release can cover the others' reads).
 #[inline(always)]
