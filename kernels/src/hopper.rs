@@ -979,9 +979,11 @@ unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperFwdParams, sm: Sme
                 } else {
                     unsafe { mbar_wait(sm.k_full(s), ph) };
                     tmark!(tr, 2);
-                    e = unsafe { lane0_read(sm.ring(s), lane) } as i32;
                     unsafe {
                         issue_s::<E, O>(&mut sc, dq(qb), dk(s));
+                        // The tile's entry is read behind its S: only the softmax needs it (a
+                        // tile of the same item, never `EMPTY`; the stage is held until then).
+                        e = lane0_read(sm.ring(s), lane) as i32;
                         mbar_wait(sm.v_full(vs), vph);
                         tmark!(tr, 6);
                         issue_pv::<E, O>(&mut o, &mut pf, dv(vs));
