@@ -881,6 +881,9 @@ unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperFwdParams, sm: Sme
     let dq = |b: u32| desc(warp_uniform(sm.q(b, 0) + c * (64 * 128)), 16, 1024);
     let dk = |s: u32| desc(sm.k, 16, 1024) + ((warp_uniform(s) * tile_bytes) as u64 >> 4);
     let dv = |s: u32| desc(sm.v, HALF, 1024) + ((warp_uniform(s) * tile_bytes) as u64 >> 4);
+    // The same from indices already through `warp_uniform`.
+    let dk_u = |s: u32| desc(sm.k, 16, 1024) + ((s * tile_bytes) as u64 >> 4);
+    let dv_u = |s: u32| desc(sm.v, HALF, 1024) + ((s * tile_bytes) as u64 >> 4);
     let scale = p.f.scale_log2;
     let causal = p.f.causal != 0;
     // Ring tiles taken: tile `n` is in K stage n % NS and V stage n % NV.
@@ -977,16 +980,18 @@ unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperFwdParams, sm: Sme
                     o = O::zero();
                     n_item += 1;
                 } else {
+                    // The indices' shuffles go out before the waits, whose time they take.
+                    let (q_u, s_u, vs_u) = (warp_uniform(sm.q(qb, 0) + c * (64 * 128)), warp_uniform(s), warp_uniform(vs));
                     unsafe { mbar_wait(sm.k_full(s), ph) };
                     tmark!(tr, 2);
                     unsafe {
-                        issue_s::<E, O>(&mut sc, dq(qb), dk(s));
+                        issue_s::<E, O>(&mut sc, desc(q_u, 16, 1024), dk_u(s_u));
                         // The tile's entry is read behind its S: only the softmax needs it (a
                         // tile of the same item, never `EMPTY`; the stage is held until then).
                         e = lane0_read(sm.ring(s), lane) as i32;
                         mbar_wait(sm.v_full(vs), vph);
                         tmark!(tr, 6);
-                        issue_pv::<E, O>(&mut o, &mut pf, dv(vs));
+                        issue_pv::<E, O>(&mut o, &mut pf, dv_u(vs_u));
                         wgmma::wait::<1>(); // S(j) is done (groups complete in order)
                         keep(&mut sc);
                     }
