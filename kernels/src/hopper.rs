@@ -876,14 +876,13 @@ unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperFwdParams, sm: Sme
     let (warp, lane) = (t / 32, t % 32);
     let row = (c * 64 + warp * 16 + lane / 4) as i32; // and row + 8
     let tile_bytes = sm.tile_bytes;
-    // Descriptors of this warpgroup's Q rows, stage 0's K and V; stages add byte offsets / 16.
-    // Uniform for ptxas (`warp_uniform`): the products then issue back to back.
-    let dq = |b: u32| desc(warp_uniform(sm.q(b, 0) + c * (64 * 128)), 16, 1024);
-    let dk = |s: u32| desc(sm.k, 16, 1024) + ((warp_uniform(s) * tile_bytes) as u64 >> 4);
-    let dv = |s: u32| desc(sm.v, HALF, 1024) + ((warp_uniform(s) * tile_bytes) as u64 >> 4);
-    // The same from indices already through `warp_uniform`.
-    let dk_u = |s: u32| desc(sm.k, 16, 1024) + ((s * tile_bytes) as u64 >> 4);
-    let dv_u = |s: u32| desc(sm.v, HALF, 1024) + ((s * tile_bytes) as u64 >> 4);
+    // Descriptors of this warpgroup's Q rows in slot `b` (at address `q_rows(b)`) and of K and V
+    // stage `s`. Their arguments come through `warp_uniform` (`q_rows` does it): ptxas then
+    // builds the descriptor steps in uniform registers and the products issue back to back.
+    let q_rows = |b: u32| warp_uniform(sm.q(b, 0) + c * (64 * 128));
+    let dq = |q: u32| desc(q, 16, 1024);
+    let dk = |s: u32| desc(sm.k, 16, 1024) + ((s * tile_bytes) as u64 >> 4);
+    let dv = |s: u32| desc(sm.v, HALF, 1024) + ((s * tile_bytes) as u64 >> 4);
     let scale = p.f.scale_log2;
     let causal = p.f.causal != 0;
     // Ring tiles taken: tile `n` is in K stage n % NS and V stage n % NV.
@@ -913,7 +912,7 @@ unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperFwdParams, sm: Sme
         } else {
             let mut sc = [0.0f32; 64];
             unsafe {
-                issue_s::<E, O>(&mut sc, dq(qb), dk(s));
+                issue_s::<E, O>(&mut sc, dq(q_rows(qb)), dk(warp_uniform(s)));
                 wgmma::wait::<0>();
                 keep(&mut sc);
             }
@@ -936,7 +935,7 @@ unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperFwdParams, sm: Sme
                     unsafe {
                         mbar_wait(sm.v_full(vs), vph);
                         tmark!(tr, 6);
-                        issue_pv::<E, O>(&mut o, &mut pf, dv(vs));
+                        issue_pv::<E, O>(&mut o, &mut pf, dv(warp_uniform(vs)));
                     }
                     // Voted: a branch ptxas cannot prove warp-uniform, with a product in
                     // flight, would serialise every wgmma of the kernel.
@@ -961,7 +960,7 @@ unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperFwdParams, sm: Sme
                     // The item's output is written while the next item's S runs (neither O nor
                     // P is live through that item's first softmax: the other order spilled).
                     tmark!(tr, 1);
-                    unsafe { issue_s::<E, O>(&mut sc, dq(nqb), dk(s)) };
+                    unsafe { issue_s::<E, O>(&mut sc, dq(q_rows(nqb)), dk(warp_uniform(s))) };
                     if lane == 0 {
                         unsafe { mbar_arrive(sm.v_empty(vs)) };
                     }
@@ -981,17 +980,17 @@ unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperFwdParams, sm: Sme
                     n_item += 1;
                 } else {
                     // The indices' shuffles go out before the waits, whose time they take.
-                    let (q_u, s_u, vs_u) = (warp_uniform(sm.q(qb, 0) + c * (64 * 128)), warp_uniform(s), warp_uniform(vs));
+                    let (q_u, s_u, vs_u) = (q_rows(qb), warp_uniform(s), warp_uniform(vs));
                     unsafe { mbar_wait(sm.k_full(s), ph) };
                     tmark!(tr, 2);
                     unsafe {
-                        issue_s::<E, O>(&mut sc, desc(q_u, 16, 1024), dk_u(s_u));
+                        issue_s::<E, O>(&mut sc, dq(q_u), dk(s_u));
                         // The tile's entry is read behind its S: only the softmax needs it (a
                         // tile of the same item, never `EMPTY`; the stage is held until then).
                         e = lane0_read(sm.ring(s), lane) as i32;
                         mbar_wait(sm.v_full(vs), vph);
                         tmark!(tr, 6);
-                        issue_pv::<E, O>(&mut o, &mut pf, dv_u(vs_u));
+                        issue_pv::<E, O>(&mut o, &mut pf, dv(vs_u));
                         wgmma::wait::<1>(); // S(j) is done (groups complete in order)
                         keep(&mut sc);
                     }
@@ -1008,7 +1007,7 @@ unsafe fn consumer<E: Element + WgElement, O: OAcc>(p: &HopperFwdParams, sm: Sme
                         } else {
                             // A row's scores jumped: S again, then the exact path.
                             unsafe {
-                                issue_s::<E, O>(&mut sc, dq(qb), dk(s));
+                                issue_s::<E, O>(&mut sc, dq(q_rows(qb)), dk(warp_uniform(s)));
                                 wgmma::wait::<0>();
                                 keep(&mut sc);
                             }
