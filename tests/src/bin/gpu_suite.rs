@@ -140,17 +140,14 @@ fn grid(quick: bool) -> Vec<Case> {
         let spec = AttentionSpec::batched(1, 2048, 2048, 16, 4, 128).with_causal(causal).with_patterns(mix("streaming", 16));
         cases.push(Case { name: format!("many items streaming {}", if causal { "causal" } else { "full" }), f16: !causal, spec, density: 0.0, packed: false, seed: 530 + i as u64, ramp: 0.0, spike: false });
     }
-    // Formula heads over sequences of odd block counts and empty ones, chained.
+    // Formula heads, then streaming heads only, over sequences of odd block counts and empty
+    // ones, chained.
+    let cu = vec![0, 300, 300, 1000, 1129, 2200];
+    let cu_k: Vec<i32> = cu.iter().enumerate().map(|(b, &x)| x + 40 * b as i32).collect();
     for (i, causal) in [true, false].into_iter().enumerate() {
-        let cu = vec![0, 300, 300, 1000, 1129, 2200];
-        let cu_k: Vec<i32> = cu.iter().enumerate().map(|(b, &x)| x + 40 * b as i32).collect();
-        let spec = AttentionSpec::varlen(cu, cu_k, 8, 2, if causal { 128 } else { 64 }).with_causal(causal).with_patterns(mix("formula", 8));
+        let spec = AttentionSpec::varlen(cu.clone(), cu_k.clone(), 8, 2, if causal { 128 } else { 64 }).with_causal(causal).with_patterns(mix("formula", 8));
         cases.push(Case { name: format!("varlen formula {}", if causal { "causal" } else { "full" }), f16: !causal, spec, density: 0.0, packed: false, seed: 520 + i as u64, ramp: 0.0, spike: false });
-        // Streaming heads only (the Hopper forward's streaming entry), blocks cut by the
-        // sequences' ends.
-        let cu = vec![0, 300, 300, 1000, 1129, 2200];
-        let cu_k: Vec<i32> = cu.iter().enumerate().map(|(b, &x)| x + 40 * b as i32).collect();
-        let spec = AttentionSpec::varlen(cu, cu_k, 8, 2, if causal { 64 } else { 128 }).with_causal(causal).with_patterns(mix("streaming", 8));
+        let spec = AttentionSpec::varlen(cu.clone(), cu_k.clone(), 8, 2, if causal { 64 } else { 128 }).with_causal(causal).with_patterns(mix("streaming", 8));
         cases.push(Case { name: format!("varlen streaming {}", if causal { "causal" } else { "full" }), f16: causal, spec, density: 0.0, packed: false, seed: 540 + i as u64, ramp: 0.0, spike: false });
     }
     // Rising scores: gently (the running max moves past the softmax's slack now and then) and
