@@ -401,7 +401,11 @@ const BENCH_SH: &str = r#"#!/usr/bin/env bash
 # writes DIR/results/ours.jsonl, DIR/results/peers.jsonl and their logs (DIR defaults to
 # bench-results). ARGS go to both programs: --lens 1024,2048 --causal true|false|both --iters N
 # --only SUBSTR --warmup-ms N --cool-ms N (default: every workload, S from 1k to 128k, both causal modes,
-# 20 iterations, no extra warm-up or idle time).
+# 20 iterations, and --cool-ms 1000 --warmup-ms 25: the GPU idles a second before each workload, so
+# that none is timed in the wake of the one before and the table does not depend on the order, then
+# each workload runs at least 25 ms before it is timed, so that the host and the GPU are awake again
+# (without it, a few short workloads timed right after the idle second took several times longer);
+# --cool-ms 0 runs them back to back, --warmup-ms N warms up longer).
 # OURS=0 or PEERS=0 skips one side; PYTHON names the interpreter that has torch (default python3).
 # Then, on any machine: cargo xtask bench-report DIR (reads every *.jsonl under DIR).
 set -uo pipefail
@@ -417,11 +421,18 @@ trap 'rm -rf "$masks"' EXIT
 nvidia-smi > "$dir/results/nvidia-smi.txt" 2>&1 || true
 failed=0
 "$here/bin/attn-bench" --dump-masks "$masks" --dump-only "$@" || failed=1
+cool=(--cool-ms 1000)
+warm=(--warmup-ms 25)
+for a in "$@"; do
+  [ "$a" = --cool-ms ] && cool=()
+  [ "$a" = --warmup-ms ] && warm=()
+done
+cool+=("${warm[@]}")
 if [ "${OURS:-1}" != 0 ]; then
-  "$here/bin/attn-bench" --json "$dir/results/ours.jsonl" "$@" 2>&1 | tee "$dir/results/ours.log" || failed=1
+  "$here/bin/attn-bench" --json "$dir/results/ours.jsonl" "${cool[@]}" "$@" 2>&1 | tee "$dir/results/ours.log" || failed=1
 fi
 if [ "${PEERS:-1}" != 0 ]; then
-  PYTHONUNBUFFERED=1 "${PYTHON:-python3}" "$here/peers.py" --masks "$masks" --json "$dir/results/peers.jsonl" "$@" 2>&1 \
+  PYTHONUNBUFFERED=1 "${PYTHON:-python3}" "$here/peers.py" --masks "$masks" --json "$dir/results/peers.jsonl" "${cool[@]}" "$@" 2>&1 \
     | tee "$dir/results/peers.log" || failed=1
 fi
 echo "results in $dir/results (bench.sh: $([ $failed = 0 ] && echo ok || echo 'a step failed'))"
