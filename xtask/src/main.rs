@@ -421,18 +421,19 @@ trap 'rm -rf "$masks"' EXIT
 nvidia-smi > "$dir/results/nvidia-smi.txt" 2>&1 || true
 failed=0
 "$here/bin/attn-bench" --dump-masks "$masks" --dump-only "$@" || failed=1
+# The default idle time and warm-up, each dropped where ARGS give their own.
 cool=(--cool-ms 1000)
 warm=(--warmup-ms 25)
 for a in "$@"; do
   [ "$a" = --cool-ms ] && cool=()
   [ "$a" = --warmup-ms ] && warm=()
 done
-cool+=("${warm[@]}")
+defaults=("${cool[@]}" "${warm[@]}")
 if [ "${OURS:-1}" != 0 ]; then
-  "$here/bin/attn-bench" --json "$dir/results/ours.jsonl" "${cool[@]}" "$@" 2>&1 | tee "$dir/results/ours.log" || failed=1
+  "$here/bin/attn-bench" --json "$dir/results/ours.jsonl" "${defaults[@]}" "$@" 2>&1 | tee "$dir/results/ours.log" || failed=1
 fi
 if [ "${PEERS:-1}" != 0 ]; then
-  PYTHONUNBUFFERED=1 "${PYTHON:-python3}" "$here/peers.py" --masks "$masks" --json "$dir/results/peers.jsonl" "${cool[@]}" "$@" 2>&1 \
+  PYTHONUNBUFFERED=1 "${PYTHON:-python3}" "$here/peers.py" --masks "$masks" --json "$dir/results/peers.jsonl" "${defaults[@]}" "$@" 2>&1 \
     | tee "$dir/results/peers.log" || failed=1
 fi
 echo "results in $dir/results (bench.sh: $([ $failed = 0 ] && echo ok || echo 'a step failed'))"
